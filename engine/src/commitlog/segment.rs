@@ -1,0 +1,151 @@
+//! Segment files: `commitlog/<shard>/<20-digit offset of the first byte>`, preallocated to the
+//! full segment size when created, plus the shard's checkpoint file beside them.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use glommio::io::OpenOptions;
+
+use crate::error::RecoveryError;
+use crate::io::{FaultPlan, SegmentFile};
+use crate::meta::{sync_dir, write_atomic};
+
+pub const CHECKPOINT_FILE: &str = "checkpoint";
+
+pub fn segment_name(base: u64) -> String {
+    format!("{base:020}")
+}
+
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    if name.len() == 20 && name.bytes().all(|b| b.is_ascii_digit()) {
+        name.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Segment files of a shard directory, by base offset. Temp files of interrupted atomic
+/// writes are removed; anything else unexpected is an error rather than silently ignored.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, RecoveryError> {
+    let io_err = |what, path: &Path| {
+        let path = path.to_owned();
+        move |source| RecoveryError::Io { what, path, source }
+    };
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_err("cannot list", dir))? {
+        let entry = entry.map_err(io_err("cannot list", dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(base) = parse_segment_name(&name) {
+            out.push((base, entry.path()));
+        } else if name.ends_with(".tmp") {
+            std::fs::remove_file(entry.path()).map_err(io_err("cannot remove", &entry.path()))?;
+        } else if name != CHECKPOINT_FILE {
+            return Err(RecoveryError::StrayFile(entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Opens an existing segment for reading and writing.
+pub async fn open_segment(path: &Path, plan: Option<Arc<FaultPlan>>) -> io::Result<SegmentFile> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| io::Error::other(format!("open {}: {e}", path.display())))?;
+    Ok(SegmentFile::new(file, path.to_owned(), plan))
+}
+
+/// Creates a segment, reserves its full size (`fallocate`), and makes the new name durable.
+pub async fn create_segment(
+    dir: &Path,
+    base: u64,
+    size: u64,
+    plan: Option<Arc<FaultPlan>>,
+) -> io::Result<SegmentFile> {
+    let path = dir.join(segment_name(base));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .dma_open(&path)
+        .await
+        .map_err(|e| io::Error::other(format!("create {}: {e}", path.display())))?;
+    file.pre_allocate(size, false)
+        .await
+        .map_err(|e| io::Error::other(format!("fallocate {}: {e}", path.display())))?;
+    let dir = dir.to_owned();
+    glommio::executor()
+        .spawn_blocking(move || sync_dir(&dir))
+        .await?;
+    Ok(SegmentFile::new(file, path, plan))
+}
+
+/// The shard's checkpoint: every byte below `flushed_offset` was covered by an fdatasync.
+/// Recovery starts its CRC scan there.
+pub fn read_checkpoint(dir: &Path) -> Result<Option<u64>, RecoveryError> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(RecoveryError::Io {
+                what: "cannot read",
+                path,
+                source,
+            })
+        }
+    };
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix("flushed_offset = "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match value {
+        Some(v) => Ok(Some(v)),
+        None => Err(RecoveryError::Checkpoint {
+            path,
+            reason: format!("unreadable: {text:?}"),
+        }),
+    }
+}
+
+pub fn write_checkpoint(dir: &Path, flushed_offset: u64) -> io::Result<()> {
+    write_atomic(
+        &dir.join(CHECKPOINT_FILE),
+        format!("flushed_offset = {flushed_offset}\n").as_bytes(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        assert_eq!(segment_name(1073741824), "00000000001073741824");
+        assert_eq!(parse_segment_name("00000000001073741824"), Some(1 << 30));
+        assert_eq!(parse_segment_name("0000000000107374182x"), None);
+        assert_eq!(parse_segment_name("123"), None);
+    }
+
+    #[test]
+    fn checkpoint_round_trip_and_stray_files() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_checkpoint(dir.path()).unwrap(), None);
+        write_checkpoint(dir.path(), 12345).unwrap();
+        assert_eq!(read_checkpoint(dir.path()).unwrap(), Some(12345));
+        std::fs::write(dir.path().join(segment_name(0)), b"").unwrap();
+        std::fs::write(dir.path().join("x.tmp"), b"").unwrap();
+        assert_eq!(list_segments(dir.path()).unwrap().len(), 1);
+        assert!(!dir.path().join("x.tmp").exists());
+        std::fs::write(dir.path().join("junk"), b"").unwrap();
+        assert!(matches!(
+            list_segments(dir.path()),
+            Err(RecoveryError::StrayFile(_))
+        ));
+    }
+}

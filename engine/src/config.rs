@@ -1,0 +1,239 @@
+//! Store configuration: RocketMQ's knobs with RocketMQ's defaults, loadable from TOML.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+use crate::io::FaultPlan;
+
+/// When a put is acknowledged relative to the device flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FlushMode {
+    /// Group commit: a put completes once an `fdatasync` covering it has completed.
+    #[serde(rename = "SYNC_FLUSH", alias = "sync")]
+    Sync,
+    /// A put completes once written; the flusher syncs by RocketMQ's interval rule.
+    #[serde(rename = "ASYNC_FLUSH", alias = "async")]
+    Async,
+}
+
+impl std::str::FromStr for FlushMode {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        match s.to_ascii_lowercase().as_str() {
+            "sync" | "sync_flush" => Ok(FlushMode::Sync),
+            "async" | "async_flush" => Ok(FlushMode::Async),
+            _ => Err(ConfigError::Invalid(format!(
+                "flush mode `{s}`: expected sync or async"
+            ))),
+        }
+    }
+}
+
+/// Knobs of a [`crate::Store`]. Field names carry their unit.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Directory holding the meta file, the lock and `commitlog/<shard>/`.
+    pub store_path: PathBuf,
+    /// Shard count on first open (default: the cores this process may use). Fixed afterwards by
+    /// the meta file; a different value on a later open is refused.
+    pub shards: Option<usize>,
+    /// Size of one CommitLog segment file (RocketMQ: `mapedFileSizeCommitLog`, 1 GiB).
+    pub segment_size_bytes: u64,
+    /// SYNC_FLUSH or ASYNC_FLUSH (RocketMQ: `flushDiskType`).
+    pub flush_mode: FlushMode,
+    /// ASYNC_FLUSH: how often the flusher wakes (`flushIntervalCommitLog`, 500 ms).
+    pub flush_interval_ms: u64,
+    /// ASYNC_FLUSH: flush only when at least this many 4 KiB pages are pending
+    /// (`flushCommitLogLeastPages`, 4).
+    pub flush_least_pages: u32,
+    /// ASYNC_FLUSH: flush whatever is pending at least this often
+    /// (`flushCommitLogThoroughInterval`, 10 s).
+    pub flush_thorough_interval_ms: u64,
+    /// SYNC_FLUSH: a put not covered by a flush after this long completes with
+    /// FLUSH_DISK_TIMEOUT (`syncFlushTimeout`, 5 s).
+    pub sync_flush_timeout_ms: u64,
+    /// Largest record accepted (`maxMessageSize`, 4 MiB).
+    pub message_size_max_bytes: usize,
+    /// Bytes a shard may hold appended but not yet written; beyond it puts get `Busy`.
+    pub write_buffer_max_bytes: usize,
+    /// Size of one write-buffer chunk (a full chunk goes to the device as one write).
+    pub write_chunk_bytes: usize,
+    /// Most writes one shard keeps in flight at once.
+    pub writes_in_flight_max: usize,
+    /// Locked memory for glommio's registered I/O buffers, per shard. Default: sized to fit
+    /// `RLIMIT_MEMLOCK` (see `runtime`).
+    pub io_memory_bytes: Option<usize>,
+    /// Pin shard `i` to CPU `i` when the process may use it.
+    pub pin_shards: bool,
+    /// How often a shard persists its CommitLog checkpoint (the flushed offset).
+    pub checkpoint_interval_ms: u64,
+    /// Test seam: fault injection and power-cut simulation. Never set in production.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub fault_plan: Option<Arc<FaultPlan>>,
+    /// Test seam: acknowledge SYNC_FLUSH puts after the write instead of after the flush, to
+    /// show that the power-cut test catches it. Never set in production.
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub unsafe_ack_before_flush: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            store_path: PathBuf::from("shardmq-data"),
+            shards: None,
+            segment_size_bytes: 1 << 30,
+            flush_mode: FlushMode::Async,
+            flush_interval_ms: 500,
+            flush_least_pages: 4,
+            flush_thorough_interval_ms: 10_000,
+            sync_flush_timeout_ms: 5_000,
+            message_size_max_bytes: 4 << 20,
+            write_buffer_max_bytes: 64 << 20,
+            write_chunk_bytes: 512 << 10,
+            writes_in_flight_max: 16,
+            io_memory_bytes: None,
+            pin_shards: true,
+            checkpoint_interval_ms: 1_000,
+            fault_plan: None,
+            unsafe_ack_before_flush: false,
+        }
+    }
+}
+
+/// Block size every on-disk offset is aligned to for O_DIRECT. Checked against each file's
+/// own alignment when it is opened.
+pub const BLOCK_BYTES: u64 = 4096;
+/// Smallest segment accepted (tests use small segments to exercise rolls).
+pub const SEGMENT_SIZE_MIN_BYTES: u64 = 64 << 10;
+
+impl StoreConfig {
+    /// A default config for a store at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            store_path: path.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Reads a TOML file; unknown keys are an error (a typo must not silently take a default).
+    pub fn from_toml_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text)
+            .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: StoreConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the knobs against each other. Called by `Store::open`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if self.segment_size_bytes < SEGMENT_SIZE_MIN_BYTES
+            || self.segment_size_bytes % BLOCK_BYTES != 0
+        {
+            return bad(format!(
+                "segment_size_bytes = {} must be a multiple of {BLOCK_BYTES} and at least \
+                 {SEGMENT_SIZE_MIN_BYTES}",
+                self.segment_size_bytes
+            ));
+        }
+        if self.message_size_max_bytes as u64 + crate::record::BLANK_LEN_MIN
+            > self.segment_size_bytes
+        {
+            return bad(format!(
+                "message_size_max_bytes = {} does not fit a segment of {} bytes",
+                self.message_size_max_bytes, self.segment_size_bytes
+            ));
+        }
+        if self.write_chunk_bytes < BLOCK_BYTES as usize
+            || self.write_chunk_bytes % BLOCK_BYTES as usize != 0
+        {
+            return bad(format!(
+                "write_chunk_bytes = {} must be a positive multiple of {BLOCK_BYTES}",
+                self.write_chunk_bytes
+            ));
+        }
+        if self.write_buffer_max_bytes < self.message_size_max_bytes + self.write_chunk_bytes {
+            return bad(format!(
+                "write_buffer_max_bytes = {} must hold at least one largest message plus one \
+                 chunk ({} bytes)",
+                self.write_buffer_max_bytes,
+                self.message_size_max_bytes + self.write_chunk_bytes
+            ));
+        }
+        if self.writes_in_flight_max == 0 {
+            return bad("writes_in_flight_max must be at least 1".into());
+        }
+        if self.shards == Some(0) || self.shards.is_some_and(|s| s > u16::MAX as usize) {
+            return bad(format!("shards = {:?} must be 1..=65535", self.shards));
+        }
+        if self.flush_interval_ms == 0 || self.checkpoint_interval_ms == 0 {
+            return bad("flush_interval_ms and checkpoint_interval_ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn sync_flush_timeout(&self) -> Duration {
+        Duration::from_millis(self.sync_flush_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_rocketmqs() {
+        let c = StoreConfig::default();
+        assert_eq!(c.segment_size_bytes, 1 << 30);
+        assert_eq!(c.flush_interval_ms, 500);
+        assert_eq!(c.flush_least_pages, 4);
+        assert_eq!(c.flush_thorough_interval_ms, 10_000);
+        assert_eq!(c.sync_flush_timeout_ms, 5_000);
+        assert_eq!(c.message_size_max_bytes, 4 << 20);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_keys() {
+        let c = StoreConfig::from_toml_str(
+            "store_path = \"/data/x\"\nflush_mode = \"SYNC_FLUSH\"\nshards = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.flush_mode, FlushMode::Sync);
+        assert_eq!(c.shards, Some(2));
+        let c = StoreConfig::from_toml_str("flush_mode = \"async\"").unwrap();
+        assert_eq!(c.flush_mode, FlushMode::Async);
+        let err = StoreConfig::from_toml_str("flush_intervall_ms = 3").unwrap_err();
+        assert!(err.to_string().contains("flush_intervall_ms"), "{err}");
+    }
+
+    #[test]
+    fn inconsistent_sizes_are_refused() {
+        let c = StoreConfig {
+            segment_size_bytes: 100_000,
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        let c = StoreConfig {
+            segment_size_bytes: 1 << 20,
+            message_size_max_bytes: 1 << 20,
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

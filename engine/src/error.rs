@@ -1,0 +1,157 @@
+//! Error types, one per operation. Each carries the context needed to act on it.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::record::{DecodeError, EncodeError};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("invalid store config: {0}")]
+    Invalid(String),
+}
+
+/// Why `Store::open` failed.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "store directory {0} is locked by another process (a broker or store already has it \
+         open); stop it first or use another directory"
+    )]
+    Locked(PathBuf),
+    #[error("store meta file {path}: {reason}")]
+    Meta { path: PathBuf, reason: String },
+    #[error(
+        "store directory {dir} is on a filesystem without O_DIRECT support ({source}); tmpfs \
+         (/dev/shm, some /tmp) cannot hold a store: use a directory on ext4 or xfs"
+    )]
+    DirectIoUnsupported { dir: PathBuf, source: io::Error },
+    #[error(
+        "io_uring is not available ({source}): ShardMQ needs Linux >= 5.8 with io_uring \
+         enabled (check `sysctl kernel.io_uring_disabled` is 0, and that seccomp/containers \
+         allow io_uring_setup)"
+    )]
+    IoUringUnavailable { source: io::Error },
+    #[error(
+        "locked-memory limit too low: RLIMIT_MEMLOCK is {limit_bytes} bytes, a store with \
+         {shards} shard(s) needs at least {needed_bytes} ({per_shard_bytes} per shard) for \
+         io_uring buffers; raise it with `ulimit -l {needed_kib}` (or LimitMEMLOCK= in a \
+         systemd unit, memlock in /etc/security/limits.conf), or open fewer shards"
+    )]
+    MemlockTooLow {
+        limit_bytes: u64,
+        shards: usize,
+        needed_bytes: u64,
+        per_shard_bytes: u64,
+        needed_kib: u64,
+    },
+    #[error("cannot start shard {shard}: {reason}")]
+    ShardStart { shard: usize, reason: String },
+    #[error("recovery of shard {shard} failed: {source}")]
+    Recovery { shard: usize, source: RecoveryError },
+}
+
+/// A problem found while recovering a shard's CommitLog.
+#[derive(Debug, Error)]
+pub enum RecoveryError {
+    #[error(
+        "CORRUPTION in sealed segment {path} at offset {offset} (byte {position} of the \
+         file): {reason}; later segments hold data, so this is not a torn tail. Restore the \
+         segment from a replica or backup; ShardMQ will not skip it silently"
+    )]
+    Corruption {
+        path: PathBuf,
+        offset: u64,
+        position: u64,
+        reason: DecodeError,
+    },
+    #[error("segment file {path} has size {size}, expected {expected}")]
+    SegmentSize {
+        path: PathBuf,
+        size: u64,
+        expected: u64,
+    },
+    #[error("unexpected file {0} in a CommitLog directory")]
+    StrayFile(PathBuf),
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// Why a put was not stored. A put that returns `Ok` may still carry a status other than
+/// `PutStatus::Ok` (e.g. `FlushDiskTimeout`).
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum PutError {
+    #[error("message illegal: {0}")]
+    MessageIllegal(#[from] EncodeError),
+    #[error("message of {size} bytes exceeds the limit of {max} bytes")]
+    MessageTooLarge { size: usize, max: usize },
+    #[error("shard {shard} is busy: its write buffer is full; retry later")]
+    Busy { shard: usize },
+    #[error("shard {shard} stopped taking writes after an I/O error: {reason}")]
+    ShardFailed { shard: usize, reason: String },
+    #[error("the store is shutting down")]
+    ShuttingDown,
+    #[error("a blocking put was called on a shard thread, which would deadlock it")]
+    BlockingOnShard,
+}
+
+/// Why reading a record back failed.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ReadError {
+    #[error("no shard {0}")]
+    NoSuchShard(usize),
+    #[error("offset {offset} is not readable on shard {shard} (readable up to {readable})")]
+    OffsetOutOfRange {
+        shard: usize,
+        offset: u64,
+        readable: u64,
+    },
+    #[error("offset {offset} on shard {shard} does not hold a valid record: {reason}")]
+    BadRecord {
+        shard: usize,
+        offset: u64,
+        reason: DecodeError,
+    },
+    #[error("I/O error reading shard {shard} at {offset}: {reason}")]
+    Io {
+        shard: usize,
+        offset: u64,
+        reason: String,
+    },
+    #[error("the store is shutting down")]
+    ShuttingDown,
+}
+
+/// Why `shutdown` could not finish cleanly. The data is still recoverable as after a crash.
+#[derive(Debug, Error)]
+pub enum ShutdownError {
+    #[error("shard {shard} did not shut down cleanly: {reason}")]
+    Shard { shard: usize, reason: String },
+}
+
+/// An I/O error with what was being done and to which file.
+pub(crate) fn io_context(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> OpenError {
+    let path = path.into();
+    move |source| OpenError::Io { what, path, source }
+}

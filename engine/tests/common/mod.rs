@@ -1,0 +1,47 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use shardmq_engine::{FlushMode, MessageInput, StoreConfig};
+
+/// A small-footprint config for tests: small segments and chunks, little locked memory (many
+/// stores run at once and share the per-user memlock limit).
+pub fn config(dir: &Path, shards: usize, flush: FlushMode) -> StoreConfig {
+    StoreConfig {
+        shards: Some(shards),
+        segment_size_bytes: 256 << 10,
+        flush_mode: flush,
+        message_size_max_bytes: 64 << 10,
+        write_buffer_max_bytes: 4 << 20,
+        write_chunk_bytes: 64 << 10,
+        io_memory_bytes: Some(256 << 10),
+        pin_shards: false,
+        checkpoint_interval_ms: 50,
+        flush_interval_ms: 20,
+        ..StoreConfig::new(dir)
+    }
+}
+
+/// A message whose body is a deterministic function of (writer, seq, len).
+pub fn message(writer: u32, seq: u64, len: usize) -> MessageInput {
+    MessageInput::new(
+        format!("topic-{}", writer % 3),
+        writer % 4,
+        body(writer, seq, len),
+    )
+    .with_tags(format!("w{writer}"))
+    .with_keys(format!("{writer}-{seq}"))
+}
+
+pub fn body(writer: u32, seq: u64, len: usize) -> Vec<u8> {
+    let mut x = (writer as u64) << 40 ^ seq ^ 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
