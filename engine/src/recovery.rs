@@ -25,7 +25,8 @@ const SCAN_WINDOW_BYTES: u64 = 1 << 20;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub shard: usize,
-    /// Offset the CRC scan started from (the checkpoint, or the first segment).
+    /// Offset the CRC scan started from: the start of the segment holding the checkpoint (or
+    /// of the first segment).
     pub scan_start: u64,
     /// First offset after the last whole record: where appends continue.
     pub end_offset: u64,
@@ -211,27 +212,26 @@ pub async fn recover(p: RecoverParams<'_>) -> Result<RecoveredLog, RecoveryError
         let file = create_segment(p.dir, 0, p.segment_bytes, p.plan.clone())
             .await
             .map_err(io_err("cannot create segment in", p.dir))?;
+        crate::meta::sync_dir(p.dir).map_err(io_err("cannot sync", p.dir))?;
         segments.insert(0, Rc::new(file));
     }
     let checkpoint = segment::read_checkpoint(p.dir)?;
     let first = *segments.keys().next().expect("at least one segment");
+    // The checkpoint is a flushed byte offset, which may fall inside a record that spans two
+    // write chunks; the segment holding it starts on a record boundary, so scan from there.
     let scan_start = match checkpoint {
-        Some(c)
-            if segments
-                .range(..=c)
-                .next_back()
-                .is_some_and(|(b, _)| c < b + p.segment_bytes) =>
-        {
-            c
-        }
-        Some(c) => {
-            tracing::warn!(
-                shard = p.shard,
-                checkpoint = c,
-                "checkpoint outside the segments; scanning all"
-            );
-            first
-        }
+        Some(c) => match segments.range(..=c).next_back() {
+            Some((&base, _)) if c < base + p.segment_bytes => base,
+            Some((&base, _)) if c == base + p.segment_bytes => base,
+            _ => {
+                tracing::warn!(
+                    shard = p.shard,
+                    checkpoint = c,
+                    "checkpoint outside the segments; scanning all"
+                );
+                first
+            }
+        },
         None => first,
     };
     scan_and_cut(p, segments, scan_start).await

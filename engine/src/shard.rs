@@ -51,6 +51,9 @@ pub struct Shard {
     pub(crate) flush_wake: LocalEvent,
     pub(crate) space_wake: LocalEvent,
     pub(crate) shared: Arc<ShardShared>,
+    /// Jobs on glommio's blocking pool still running: the executor must outlive them.
+    blocking_jobs: Cell<usize>,
+    blocking_done: LocalEvent,
 }
 
 impl Shard {
@@ -127,6 +130,8 @@ impl Shard {
             space_wake: LocalEvent::default(),
             shared,
             config,
+            blocking_jobs: Cell::new(0),
+            blocking_done: LocalEvent::default(),
         });
         // Recovery made everything up to `end` durable: start the next scan there.
         shard
@@ -344,9 +349,33 @@ impl Shard {
 
     pub async fn write_checkpoint(&self, flushed: u64) -> std::io::Result<()> {
         let dir = self.dir.clone();
-        glommio::executor()
-            .spawn_blocking(move || crate::commitlog::segment::write_checkpoint(&dir, flushed))
+        self.run_blocking(move || crate::commitlog::segment::write_checkpoint(&dir, flushed))
             .await
+    }
+
+    /// Runs a blocking file-system call (fsync of a small file or a directory) on glommio's
+    /// blocking pool, so the shard keeps serving meanwhile.
+    pub async fn run_blocking<R: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        self.blocking_jobs.set(self.blocking_jobs.get() + 1);
+        let result = glommio::executor().spawn_blocking(job).await;
+        self.blocking_jobs.set(self.blocking_jobs.get() - 1);
+        self.blocking_done.notify();
+        result
+    }
+
+    /// Waits for jobs on the blocking pool: glommio's pool thread panics if the executor that
+    /// asked is gone when the job finishes.
+    pub async fn quiesce(&self) {
+        loop {
+            let generation = self.blocking_done.generation();
+            if self.blocking_jobs.get() == 0 {
+                return;
+            }
+            self.blocking_done.wait_past(generation).await;
+        }
     }
 
     /// Reads the record at `offset` back from the device, checking its CRC.

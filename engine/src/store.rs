@@ -319,7 +319,10 @@ impl Store {
     }
 
     /// Runs `task` on shard `shard`'s executor (where puts take the fast path) and resolves to
-    /// its output. This is how a server puts its listeners and connections on the shards.
+    /// its output (`None` if the shard is gone). The task is queued at once — only when the
+    /// shard's request queue is full does queuing wait for the returned future to be polled —
+    /// so dropping the future detaches the task. This is how a server puts its listeners and
+    /// connections on the shards.
     pub fn spawn_on<F, Fut, T>(
         &self,
         shard: usize,
@@ -330,16 +333,23 @@ impl Store {
         Fut: Future<Output = T> + 'static,
         T: Send + 'static,
     {
-        let tx = self.inner.shards.get(shard).map(|s| s.tx.clone());
+        let (otx, orx) = flume::bounded(1);
+        let job: Job = Box::new(move || {
+            glommio::spawn_local(async move {
+                let _ = otx.send_async(task().await).await;
+            })
+            .detach();
+        });
+        let pending = match self.inner.shards.get(shard) {
+            None => None,
+            Some(s) => match s.tx.try_send(Request::Run(job)) {
+                Ok(()) => Some(Submitted::Done),
+                Err(flume::TrySendError::Full(req)) => Some(Submitted::Queue(s.tx.clone(), req)),
+                Err(flume::TrySendError::Disconnected(_)) => None,
+            },
+        };
         async move {
-            let (otx, orx) = flume::bounded(1);
-            let job: Job = Box::new(move || {
-                glommio::spawn_local(async move {
-                    let _ = otx.send_async(task().await).await;
-                })
-                .detach();
-            });
-            tx?.send_async(Request::Run(job)).await.ok()?;
+            pending?.send().await.ok()?;
             orx.recv_async().await.ok()
         }
     }
@@ -429,6 +439,7 @@ fn run_shard(
         drop(init);
         LOCAL_SHARD.with(|l| *l.borrow_mut() = Some((store, shard.clone())));
         serve(&shard, rx).await;
+        shard.quiesce().await;
         LOCAL_SHARD.with(|l| *l.borrow_mut() = None);
     });
 }

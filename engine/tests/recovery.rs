@@ -192,3 +192,28 @@ fn segments_roll_at_exact_boundaries() {
     let next = store.put_message_blocking(message(0, 99, 10)).unwrap();
     assert_eq!(next.offset, 196608 + 32768);
 }
+
+#[test]
+fn checkpoint_inside_a_record_loses_nothing() {
+    // Flushed offsets can fall inside a record that spans two write chunks; recovery must not
+    // start parsing there (that once cut acknowledged records).
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, FlushMode::Sync);
+    let puts = write_n(&cfg, 40, 3000);
+    let mid = puts[30].offset + 17;
+    std::fs::write(
+        dir.path().join("commitlog/0/checkpoint"),
+        format!("flushed_offset = {mid}\n"),
+    )
+    .unwrap();
+    let store = Store::open(cfg).unwrap();
+    assert!(
+        store.recovery_reports()[0].cut.is_none(),
+        "{:?}",
+        store.recovery_reports()
+    );
+    for (i, p) in puts.iter().enumerate() {
+        let m = store.read_message_blocking(0, p.offset).unwrap();
+        assert_eq!(&m.body[..], &body(0, i as u64, 3000)[..]);
+    }
+}

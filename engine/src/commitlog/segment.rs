@@ -9,7 +9,7 @@ use glommio::io::OpenOptions;
 
 use crate::error::RecoveryError;
 use crate::io::{FaultPlan, SegmentFile};
-use crate::meta::{sync_dir, write_atomic};
+use crate::meta::write_atomic;
 
 pub const CHECKPOINT_FILE: &str = "checkpoint";
 
@@ -60,7 +60,8 @@ pub async fn open_segment(path: &Path, plan: Option<Arc<FaultPlan>>) -> io::Resu
     Ok(SegmentFile::new(file, path.to_owned(), plan))
 }
 
-/// Creates a segment, reserves its full size (`fallocate`), and makes the new name durable.
+/// Creates a segment and reserves its full size (`fallocate`). The caller makes the new name
+/// durable (`sync_dir`) before writing records into it.
 pub async fn create_segment(
     dir: &Path,
     base: u64,
@@ -78,15 +79,11 @@ pub async fn create_segment(
     file.pre_allocate(size, false)
         .await
         .map_err(|e| io::Error::other(format!("fallocate {}: {e}", path.display())))?;
-    let dir = dir.to_owned();
-    glommio::executor()
-        .spawn_blocking(move || sync_dir(&dir))
-        .await?;
     Ok(SegmentFile::new(file, path, plan))
 }
 
 /// The shard's checkpoint: every byte below `flushed_offset` was covered by an fdatasync.
-/// Recovery starts its CRC scan there.
+/// Recovery starts its CRC scan at the start of the segment holding it.
 pub fn read_checkpoint(dir: &Path) -> Result<Option<u64>, RecoveryError> {
     let path = dir.join(CHECKPOINT_FILE);
     let text = match std::fs::read_to_string(&path) {
