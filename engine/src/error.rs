@@ -34,10 +34,10 @@ pub enum OpenError {
     #[error("store meta file {path}: {reason}")]
     Meta { path: PathBuf, reason: String },
     #[error(
-        "store directory {dir} is on a filesystem without O_DIRECT support ({source}); tmpfs \
-         (/dev/shm, some /tmp) cannot hold a store: use a directory on ext4 or xfs"
+        "store directory {dir} is on a filesystem without O_DIRECT to a device ({reason}); \
+         tmpfs (/dev/shm, some /tmp) cannot hold a store: use a directory on ext4 or xfs"
     )]
-    DirectIoUnsupported { dir: PathBuf, source: io::Error },
+    DirectIoUnsupported { dir: PathBuf, reason: String },
     #[error(
         "io_uring is not available ({source}): ShardMQ needs Linux >= 5.8 with io_uring \
          enabled (check `sysctl kernel.io_uring_disabled` is 0, and that seccomp/containers \

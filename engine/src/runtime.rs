@@ -96,19 +96,35 @@ pub fn probe_io_uring() -> Result<(), OpenError> {
     }
 }
 
-/// Opens a scratch file in `dir` with O_DIRECT: tmpfs and some FUSE filesystems refuse.
+/// Memory-backed filesystems: Linux >= 6.6 accepts O_DIRECT on tmpfs, but nothing there
+/// reaches a device or survives a power cut, so a store must not live there.
+const MEMORY_FILESYSTEMS: [(i64, &str); 2] = [(0x0102_1994, "tmpfs"), (0x8584_58f6, "ramfs")];
+
+/// Refuses memory-backed filesystems, then opens a scratch file in `dir` with O_DIRECT (some
+/// FUSE and network filesystems refuse it).
 pub fn probe_direct_io(dir: &Path) -> Result<(), OpenError> {
     use rustix::fs::{Mode, OFlags};
+    let unsupported = |reason: String| OpenError::DirectIoUnsupported {
+        dir: dir.to_owned(),
+        reason,
+    };
+    if let Ok(fs) = rustix::fs::statfs(dir) {
+        if let Some((_, name)) = MEMORY_FILESYSTEMS
+            .iter()
+            .find(|(m, _)| *m == fs.f_type as i64)
+        {
+            return Err(unsupported(format!(
+                "it is {name}: memory-backed, nothing is durable"
+            )));
+        }
+    }
     let path = dir.join(".direct-io-probe");
     let flags = OFlags::RDWR | OFlags::CREATE | OFlags::DIRECT | OFlags::CLOEXEC;
     let result = rustix::fs::open(&path, flags, Mode::from_raw_mode(0o600));
     let _ = std::fs::remove_file(&path);
     match result {
         Ok(_fd) => Ok(()),
-        Err(e) => Err(OpenError::DirectIoUnsupported {
-            dir: dir.to_owned(),
-            source: std::io::Error::from_raw_os_error(e.raw_os_error()),
-        }),
+        Err(e) => Err(unsupported(format!("opening with O_DIRECT failed: {e}"))),
     }
 }
 
