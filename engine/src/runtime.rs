@@ -109,10 +109,7 @@ pub fn probe_direct_io(dir: &Path) -> Result<(), OpenError> {
         reason,
     };
     if let Ok(fs) = rustix::fs::statfs(dir) {
-        if let Some((_, name)) = MEMORY_FILESYSTEMS
-            .iter()
-            .find(|(m, _)| *m == fs.f_type as i64)
-        {
+        if let Some((_, name)) = MEMORY_FILESYSTEMS.iter().find(|(m, _)| *m == fs.f_type) {
             return Err(unsupported(format!(
                 "it is {name}: memory-backed, nothing is durable"
             )));

@@ -440,11 +440,13 @@ impl Shard {
             if let Some(reason) = self.failed.borrow().as_ref() {
                 return Err(reason.clone());
             }
-            let planner = self.planner.borrow();
-            if planner.written() == planner.append_offset() {
+            let drained = {
+                let planner = self.planner.borrow();
+                planner.written() == planner.append_offset()
+            };
+            if drained {
                 break;
             }
-            drop(planner);
             self.space_wake.wait_past(generation).await;
         }
         self.flush_once()

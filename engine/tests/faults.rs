@@ -24,7 +24,10 @@ fn msg(writer: u32, seq: u64) -> MessageInput {
 
 /// Runs writers on both shards until each has done its puts or met a put that was not
 /// acknowledged OK. Returns the acknowledged puts and every other outcome.
-fn load(store: &Store) -> (Vec<(u32, u64, PutResult)>, Vec<Result<PutResult, PutError>>) {
+type Acked = Vec<(u32, u64, PutResult)>;
+type Others = Vec<Result<PutResult, PutError>>;
+
+fn load(store: &Store) -> (Acked, Others) {
     let mut tasks = Vec::new();
     for shard in 0..2 {
         for i in 0..WRITERS_PER_SHARD {
