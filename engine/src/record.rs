@@ -15,9 +15,9 @@ use bytes::{Buf, Bytes};
 use thiserror::Error;
 
 /// Magic of a message record (format version 1).
-pub const MESSAGE_MAGIC: u32 = 0x534D_5131; // "SMQ1"
+pub const MESSAGE_MAGIC: u32 = 0x534D_5131;
 /// Magic of the blank marker that pads the end of a segment.
-pub const BLANK_MAGIC: u32 = 0x534D_5142; // "SMQB"
+pub const BLANK_MAGIC: u32 = 0x534D_5142;
 /// Bytes of the blank marker that must be present (size + magic).
 pub const BLANK_LEN_MIN: u64 = 8;
 /// Fixed part of a message record before the body.
