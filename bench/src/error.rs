@@ -24,6 +24,8 @@ pub enum BenchError {
     )]
     IoUringUnavailable(String),
 
+    #[error("engine: {0}")]
+    Engine(String),
     #[error("could not run the glommio executor: {0}")]
     Runtime(String),
 

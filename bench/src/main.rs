@@ -33,11 +33,14 @@ struct Cli {
 enum Command {
     /// Raw O_DIRECT sequential writes through io_uring: the disk's ceiling, no engine.
     Disk(workloads::disk::DiskArgs),
+    /// Appends through the embedded engine (`shardmq-engine`) from tasks on its shards.
+    Engine(workloads::engine::EngineArgs),
 }
 
 fn run(command: &Command) -> Result<Report, BenchError> {
     match command {
         Command::Disk(args) => workloads::disk::run(args),
+        Command::Engine(args) => workloads::engine::run(args),
     }
 }
 

@@ -38,6 +38,13 @@ pub async fn flusher(shard: Rc<Shard>) {
                 return;
             }
             if shard.written() > shard.flushed() {
+                // Let the writes of everything appended so far land first, so one fdatasync
+                // covers the whole group instead of only the first write of it.
+                let goal = shard.planner.borrow().append_offset();
+                while shard.written() < goal && !shard.stopped() {
+                    let generation = shard.flush_wake.generation();
+                    shard.flush_wake.wait_past(generation).await;
+                }
                 if shard.flush_once().await.is_err() {
                     return;
                 }

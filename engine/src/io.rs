@@ -8,6 +8,7 @@
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -199,8 +200,9 @@ impl SegmentFile {
         self.file.alignment()
     }
 
-    /// Writes the whole buffer at `pos` (both aligned).
-    pub async fn write_at(&self, buf: DmaBuffer, pos: u64) -> io::Result<usize> {
+    /// Writes the whole buffer at `pos` (both aligned). The buffer is shared so that the
+    /// caller gets it back for reuse once the write completed.
+    pub async fn write_at(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<usize> {
         debug_assert_eq!(pos % self.alignment(), 0, "unaligned write position");
         debug_assert_eq!(
             buf.len() as u64 % self.alignment(),
@@ -212,7 +214,7 @@ impl SegmentFile {
             Some(plan) => plan.before_write(&self.path, pos, len)?,
             None => None,
         };
-        let result = self.file.write_at(buf, pos).await;
+        let result = self.file.write_rc_at(buf, pos).await;
         if let (Some(plan), Some(seq)) = (&self.plan, seq) {
             plan.after_write(seq);
         }

@@ -384,7 +384,7 @@ async fn cut_segment(file: &SegmentFile, pos: u64, size: u64) -> std::io::Result
         let mut buf = file.alloc_dma_buffer(block as usize);
         buf.as_bytes_mut().fill(0);
         buf.as_bytes_mut()[..tail.len()].copy_from_slice(&tail);
-        file.write_at(buf, at).await?;
+        file.write_at(std::rc::Rc::new(buf), at).await?;
     }
     let hole = pos.next_multiple_of(block);
     if hole < size {

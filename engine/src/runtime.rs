@@ -24,8 +24,9 @@ pub struct IoMemoryPlan {
     pub raised: bool,
 }
 
-/// Pure sizing rule: split three quarters of the limit over the shards (the rest is left for
-/// glommio's rings and other stores in the process), capped; refuse below the minimum.
+/// Pure sizing rule: a quarter of the limit per shard's share, capped; refuse below the
+/// minimum. A quarter because glommio registers the buffer memory with each of its three
+/// io_uring rings, and without CAP_IPC_LOCK each registration counts against the limit.
 pub fn plan_io_memory(
     limit_bytes: Option<u64>,
     shards: usize,
@@ -45,7 +46,7 @@ pub fn plan_io_memory(
                     needed_kib: needed / 1024,
                 });
             }
-            (limit / 4 * 3 / shards).min(IO_MEMORY_MAX_PER_SHARD_BYTES)
+            (limit / 4 / shards).min(IO_MEMORY_MAX_PER_SHARD_BYTES)
         }
     };
     let per_shard = per_shard.max(IO_MEMORY_MIN_BYTES);
@@ -156,7 +157,7 @@ mod tests {
     #[test]
     fn plan_splits_the_limit() {
         let p = plan_io_memory(Some(8 << 20), 2, false).unwrap();
-        assert_eq!(p.per_shard_bytes, 3 << 20);
+        assert_eq!(p.per_shard_bytes, 1 << 20);
         let p = plan_io_memory(None, 4, false).unwrap();
         assert_eq!(p.per_shard_bytes as u64, IO_MEMORY_MAX_PER_SHARD_BYTES);
     }

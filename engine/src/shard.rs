@@ -51,6 +51,8 @@ pub struct Shard {
     pub(crate) flush_wake: LocalEvent,
     pub(crate) space_wake: LocalEvent,
     pub(crate) shared: Arc<ShardShared>,
+    /// Chunk buffers whose writes completed, for reuse.
+    pool: Rc<RefCell<Vec<DmaBuffer>>>,
     /// Jobs on glommio's blocking pool still running: the executor must outlive them.
     blocking_jobs: Cell<usize>,
     blocking_done: LocalEvent,
@@ -95,8 +97,18 @@ impl Shard {
                 ),
             });
         }
+        // Chunk-sized buffers are recycled: a fresh large allocation is a fresh mmap whose
+        // pages all fault in again, which cost more CPU than the copy into them.
+        let pool: Rc<RefCell<Vec<DmaBuffer>>> = Rc::default();
+        let chunk_bytes = config.write_chunk_bytes;
+        let free = pool.clone();
         let alloc = Box::new(move |n| {
-            let mut buf = any_file.alloc_dma_buffer(n);
+            let reused = if n == chunk_bytes {
+                free.borrow_mut().pop()
+            } else {
+                None
+            };
+            let mut buf = reused.unwrap_or_else(|| any_file.alloc_dma_buffer(n));
             debug_assert_eq!(buf.as_mut_ptr() as usize % BLOCK_BYTES as usize, 0);
             buf
         });
@@ -132,6 +144,7 @@ impl Shard {
             config,
             blocking_jobs: Cell::new(0),
             blocking_done: LocalEvent::default(),
+            pool,
         });
         // Recovery made everything up to `end` durable: start the next scan there.
         shard
@@ -257,6 +270,16 @@ impl Shard {
                 .push(end, Some(deadline), reply);
         } else {
             self.write_acks.borrow_mut().push(end, None, reply);
+        }
+    }
+
+    /// Takes back a buffer whose write completed, if it is a whole chunk and the pool has room.
+    pub fn recycle(&self, buf: DmaBuffer) {
+        let mut pool = self.pool.borrow_mut();
+        if buf.len() == self.config.write_chunk_bytes
+            && pool.len() < self.config.writes_in_flight_max + 2
+        {
+            pool.push(buf);
         }
     }
 

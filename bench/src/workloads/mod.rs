@@ -1,5 +1,6 @@
 //! One module per `shardmq-bench` subcommand. Each exposes `XxxArgs` (clap) and
 //! `run(&XxxArgs) -> Result<Report, BenchError>`; `main.rs` wires them up and prints the
-//! report. Planned: `engine` (the store through its public API) in `engine.rs`.
+//! report.
 
 pub mod disk;
+pub mod engine;

@@ -50,7 +50,12 @@ async fn write_one(
     op: writer::WriteOp<glommio::io::DmaBuffer>,
 ) {
     let (id, pos, len) = (op.id, op.file_pos, op.buf.len());
-    match file.write_at(op.buf, pos).await {
+    let buf = Rc::new(op.buf);
+    let result = file.write_at(buf.clone(), pos).await;
+    if let Ok(buf) = Rc::try_unwrap(buf) {
+        shard.recycle(buf);
+    }
+    match result {
         Ok(_) => {
             let written = shard.planner.borrow_mut().complete(id);
             shard.on_written(written);
