@@ -97,7 +97,7 @@ impl Default for StoreConfig {
             message_size_max_bytes: 4 << 20,
             write_buffer_max_bytes: 64 << 20,
             write_chunk_bytes: 512 << 10,
-            writes_in_flight_max: 16,
+            writes_in_flight_max: 32,
             io_memory_bytes: None,
             pin_shards: true,
             checkpoint_interval_ms: 1_000,
