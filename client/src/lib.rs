@@ -1,1 +1,3 @@
-//! placeholder
+//! ShardMQ client: producer and consumers.
+//!
+//! Not implemented yet: this crate is reserved for it and exports nothing.
