@@ -19,14 +19,12 @@
 //!
 //! See `ARCHITECTURE.md` for the map and `docs/format.md` for the on-disk layouts.
 
-pub mod commitlog;
 pub mod config;
 pub mod error;
-pub mod flush;
 pub mod io;
+pub mod log;
 pub mod meta;
 pub mod record;
-pub mod recovery;
 pub mod runtime;
 mod shard;
 mod store;
@@ -35,6 +33,6 @@ mod waiters;
 pub use config::{FlushMode, StoreConfig};
 pub use error::{ConfigError, OpenError, PutError, ReadError, RecoveryError, ShutdownError};
 pub use io::FaultPlan;
+pub use log::recovery::{CutReport, RecoveryReport};
 pub use record::{MessageInput, StoredMessage};
-pub use recovery::{CutReport, RecoveryReport};
 pub use store::{PutResult, PutStatus, Store, SHARD_REQUESTS_MAX};

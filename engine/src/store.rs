@@ -12,11 +12,12 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::StoreConfig;
 use crate::error::{io_context, OpenError, PutError, ReadError, ShutdownError};
+use crate::log::recovery::RecoveryReport;
+use crate::log::LogShared;
 use crate::meta::{self, DirLock, Meta};
 use crate::record::{MessageInput, StoredMessage};
-use crate::recovery::RecoveryReport;
 use crate::runtime;
-use crate::shard::{Shard, ShardShared};
+use crate::shard::Shard;
 use crate::waiters::Reply;
 
 /// Requests a shard's channel may hold before senders wait (or get `Busy`).
@@ -75,7 +76,7 @@ impl Sink {
 
 struct ShardHandle {
     tx: flume::Sender<Request>,
-    shared: Arc<ShardShared>,
+    shared: Arc<LogShared>,
 }
 
 struct Inner {
@@ -136,7 +137,7 @@ impl Store {
         let (init_tx, init_rx) = flume::unbounded();
         for shard in 0..shards {
             let (tx, rx) = flume::bounded(SHARD_REQUESTS_MAX);
-            let shared = Arc::new(ShardShared::default());
+            let shared = Arc::new(LogShared::default());
             let placement = if config.pin_shards && cpus.len() >= shards {
                 Placement::Fixed(cpus[shard])
             } else {
@@ -413,7 +414,7 @@ fn run_shard(
     store: u64,
     id: usize,
     config: Arc<StoreConfig>,
-    shared: Arc<ShardShared>,
+    shared: Arc<LogShared>,
     rx: flume::Receiver<Request>,
     init: flume::Sender<InitResult>,
 ) {
@@ -439,7 +440,7 @@ fn run_shard(
         drop(init);
         LOCAL_SHARD.with(|l| *l.borrow_mut() = Some((store, shard.clone())));
         serve(&shard, rx).await;
-        shard.quiesce().await;
+        shard.cl.quiesce().await;
         LOCAL_SHARD.with(|l| *l.borrow_mut() = None);
     });
 }
@@ -459,11 +460,11 @@ async fn serve(shard: &Rc<Shard>, rx: flume::Receiver<Request>) {
                     }
                 };
                 loop {
-                    let generation = shard.space_wake.generation();
-                    if shard.stopped() || shard.has_room(bytes) {
+                    let generation = shard.cl.progress.generation();
+                    if shard.stopped() || shard.cl.has_room(bytes) {
                         break;
                     }
-                    shard.space_wake.wait_past(generation).await;
+                    shard.cl.progress.wait_past(generation).await;
                 }
                 match shard.put(&msgs) {
                     Ok((results, end)) => shard.await_ack(end, sink.into_reply(results)),

@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::commitlog::segment::{self, create_segment, list_segments, open_segment};
 use crate::config::BLOCK_BYTES;
 use crate::error::RecoveryError;
 use crate::io::{FaultPlan, SegmentFile};
-use crate::record::{decode, DecodeError, Entry, BLANK_LEN_MIN, MESSAGE_MAGIC};
+use crate::log::segment::{self, create_segment, list_segments, open_segment};
+use crate::record::DecodeError;
 
 /// Bytes read at once while scanning.
 const SCAN_WINDOW_BYTES: u64 = 1 << 20;
@@ -58,36 +58,19 @@ pub enum Step {
     Need(u64),
 }
 
-/// Decides what `avail` (the bytes from physical `offset` on, `seg_left` to the segment end)
-/// holds. Never panics on any input.
-pub fn step(avail: &Bytes, offset: u64, seg_left: u64, record_max: u64) -> Step {
-    if seg_left == 0 {
-        return Step::SegmentFull;
-    }
-    let header = BLANK_LEN_MIN.min(seg_left);
-    if (avail.len() as u64) < header {
-        return Step::Need(header);
-    }
-    if seg_left >= BLANK_LEN_MIN {
-        let size = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]);
-        let magic = u32::from_le_bytes([avail[4], avail[5], avail[6], avail[7]]);
-        if size == 0 && magic == 0 {
-            return Step::Stop(None);
-        }
-        if magic == MESSAGE_MAGIC {
-            if size as u64 > record_max {
-                return Step::Stop(Some(DecodeError::BadSize(size)));
-            }
-            if size as u64 <= seg_left && size as usize > avail.len() {
-                return Step::Need(size as u64);
-            }
-        }
-    }
-    match decode(avail, offset, seg_left) {
-        Ok(Entry::Message(m)) => Step::Record(m.total_size),
-        Ok(Entry::Blank { .. }) => Step::SegmentFull,
-        Err(e) => Step::Stop(Some(e)),
-    }
+/// Decides what a log's bytes at one position hold: `(avail, offset, seg_left, record_max)`
+/// where `avail` are the bytes from log `offset` on and `seg_left` the bytes to the segment
+/// end. Each log format supplies one; none may panic on any input.
+pub type StepFn = fn(&Bytes, u64, u64, u64) -> Step;
+
+/// What to do with a bad entry in a segment that later segments follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedPolicy {
+    /// Refuse to open: it is corruption (the CommitLog, whose writes are ordered across
+    /// segments by the roll barrier).
+    Refuse,
+    /// Cut there and drop the later segments, loudly (a derived log that recovery rebuilds).
+    Cut,
 }
 
 enum ScanEnd {
@@ -99,6 +82,7 @@ enum ScanEnd {
 }
 
 struct Scanner<'a> {
+    step: StepFn,
     file: &'a SegmentFile,
     base: u64,
     size: u64,
@@ -118,7 +102,7 @@ impl Scanner<'_> {
             } else {
                 Bytes::new()
             };
-            match step(&avail, self.base + pos, self.size - pos, self.record_max) {
+            match (self.step)(&avail, self.base + pos, self.size - pos, self.record_max) {
                 Step::Record(n) => {
                     pos += n as u64;
                     self.records += 1;
@@ -162,6 +146,8 @@ pub struct RecoveredLog {
 }
 
 pub struct RecoverParams<'a> {
+    pub step: StepFn,
+    pub sealed: SealedPolicy,
     pub shard: usize,
     pub dir: &'a Path,
     pub segment_bytes: u64,
@@ -252,6 +238,7 @@ async fn scan_and_cut(
     for (i, &base) in bases.iter().enumerate() {
         let file = segments[&base].clone();
         let mut scanner = Scanner {
+            step: p.step,
             file: &file,
             base,
             size: p.segment_bytes,
@@ -272,8 +259,9 @@ async fn scan_and_cut(
             continue;
         };
         let later = &bases[i + 1..];
-        for &later_base in later {
+        for &later_base in later.iter().filter(|_| p.sealed == SealedPolicy::Refuse) {
             if segment_has_data(
+                p.step,
                 &segments[&later_base],
                 later_base,
                 p.segment_bytes,
@@ -305,6 +293,10 @@ async fn scan_and_cut(
             .await
             .map_err(io_err("cannot cut", file.path()))?;
         let end_offset = base + pos;
+        if !removed.is_empty() && p.sealed == SealedPolicy::Cut {
+            tracing::warn!(shard = p.shard, dir = %p.dir.display(), removed = ?removed,
+                "recovery dropped later segments of a derived log after a bad entry");
+        }
         let cut = reason.map(|r| CutReport {
             segment: file.path().to_owned(),
             offset: end_offset,
@@ -348,6 +340,7 @@ async fn scan_and_cut(
 }
 
 async fn segment_has_data(
+    step: StepFn,
     file: &SegmentFile,
     base: u64,
     size: u64,
@@ -398,6 +391,7 @@ async fn cut_segment(file: &SegmentFile, pos: u64, size: u64) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::record::scan_step as step;
     use crate::record::{encode, encode_blank, encoded_len, MessageInput, StoreStamp};
 
     fn rec(offset: u64) -> Bytes {

@@ -1,0 +1,464 @@
+//! A segmented append-only log on O_DIRECT io_uring: the machinery shared by a shard's
+//! CommitLog and its ConsumeQueue log. It owns the segment files, the write planner, the
+//! writer task, flushing (group commit or RocketMQ's interval rule), the checkpoint and
+//! recovery. What the records mean is the caller's business: recovery takes the format's
+//! step function, appends take an encoder.
+//!
+//! Progress (`written`, `flushed`, failure) is announced on [`Log::progress`]; callers keep
+//! their own queues of what waits for which offset.
+
+pub mod flush;
+pub mod recovery;
+pub mod segment;
+pub mod writer;
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use glommio::io::DmaBuffer;
+
+use crate::config::BLOCK_BYTES;
+use crate::error::RecoveryError;
+use crate::io::{FaultPlan, SegmentFile};
+use crate::waiters::LocalEvent;
+use recovery::{recover, RecoverParams, RecoveryReport, SealedPolicy, StepFn};
+use writer::WritePlanner;
+
+/// When a log fdatasyncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// As soon as something written is not yet flushed, one fdatasync at a time.
+    Group,
+    /// RocketMQ's rule: every `interval`, if `least_pages` 4 KiB pages are pending, or anything
+    /// pending once `thorough` passed.
+    Interval {
+        interval: Duration,
+        least_pages: u32,
+        thorough: Duration,
+    },
+}
+
+/// Everything a log needs to know about itself.
+#[derive(Debug, Clone)]
+pub struct LogSpec {
+    /// `commitlog` or `consumequeue`: for messages.
+    pub name: &'static str,
+    pub shard: usize,
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+    pub record_max: u64,
+    pub chunk_bytes: usize,
+    pub writes_in_flight_max: usize,
+    pub buffer_max_bytes: usize,
+    pub flush: FlushPolicy,
+    pub checkpoint_interval: Duration,
+    pub plan: Option<Arc<FaultPlan>>,
+    pub step: StepFn,
+    pub sealed: SealedPolicy,
+}
+
+/// What other threads may read about a log without asking its shard.
+#[derive(Debug, Default)]
+pub struct LogShared {
+    /// Bytes below this are on the device and never change: readable by anyone.
+    pub written: AtomicU64,
+    /// Bytes below this were covered by a completed fdatasync.
+    pub flushed: AtomicU64,
+    pub failed: AtomicBool,
+}
+
+pub struct Log {
+    pub(crate) spec: LogSpec,
+    pub(crate) segments: RefCell<BTreeMap<u64, Rc<SegmentFile>>>,
+    creating: RefCell<HashSet<u64>>,
+    segment_ready: LocalEvent,
+    pub(crate) planner: RefCell<WritePlanner<DmaBuffer>>,
+    flushed: Cell<u64>,
+    failed: RefCell<Option<String>>,
+    stopping: Cell<bool>,
+    pub(crate) writer_wake: LocalEvent,
+    /// Notified when `written` or `flushed` advance, and on failure or stop.
+    pub progress: LocalEvent,
+    pub shared: Arc<LogShared>,
+    /// Chunk buffers whose writes completed, for reuse.
+    pool: Rc<RefCell<Vec<DmaBuffer>>>,
+    /// Jobs on glommio's blocking pool still running: the executor must outlive them.
+    blocking_jobs: Cell<usize>,
+    blocking_done: LocalEvent,
+}
+
+impl Log {
+    /// Recovers the log in `spec.dir` and starts its writer, flusher and checkpoint tasks.
+    pub async fn open(
+        spec: LogSpec,
+        shared: Arc<LogShared>,
+    ) -> Result<(Rc<Log>, RecoveryReport), RecoveryError> {
+        let recovered = recover(RecoverParams {
+            step: spec.step,
+            sealed: spec.sealed,
+            shard: spec.shard,
+            dir: &spec.dir,
+            segment_bytes: spec.segment_bytes,
+            record_max: spec.record_max,
+            plan: spec.plan.clone(),
+        })
+        .await?;
+        let any_file = recovered
+            .segments
+            .values()
+            .next()
+            .cloned()
+            .expect("recovery opens one");
+        if BLOCK_BYTES % any_file.alignment() != 0 {
+            return Err(RecoveryError::Checkpoint {
+                path: spec.dir.clone(),
+                reason: format!(
+                    "device alignment {} does not divide {BLOCK_BYTES}",
+                    any_file.alignment()
+                ),
+            });
+        }
+        // Chunk-sized buffers are recycled: a fresh large allocation is a fresh mmap whose
+        // pages all fault in again, which cost more CPU than the copy into them.
+        let pool: Rc<RefCell<Vec<DmaBuffer>>> = Rc::default();
+        let chunk_bytes = spec.chunk_bytes;
+        let free = pool.clone();
+        let alloc = Box::new(move |n| {
+            let reused = if n == chunk_bytes {
+                free.borrow_mut().pop()
+            } else {
+                None
+            };
+            let mut buf = reused.unwrap_or_else(|| any_file.alloc_dma_buffer(n));
+            debug_assert_eq!(buf.as_mut_ptr() as usize % BLOCK_BYTES as usize, 0);
+            buf
+        });
+        let end = recovered.end;
+        let planner = WritePlanner::new(
+            end,
+            &recovered.tail,
+            BLOCK_BYTES as usize,
+            spec.segment_bytes,
+            spec.chunk_bytes,
+            alloc,
+        );
+        shared.written.store(end, Ordering::Release);
+        shared.flushed.store(end, Ordering::Release);
+        let log = Rc::new(Log {
+            segments: RefCell::new(recovered.segments),
+            creating: RefCell::new(HashSet::new()),
+            segment_ready: LocalEvent::default(),
+            planner: RefCell::new(planner),
+            flushed: Cell::new(end),
+            failed: RefCell::new(None),
+            stopping: Cell::new(false),
+            writer_wake: LocalEvent::default(),
+            progress: LocalEvent::default(),
+            shared,
+            pool,
+            blocking_jobs: Cell::new(0),
+            blocking_done: LocalEvent::default(),
+            spec,
+        });
+        // Recovery made everything up to `end` durable: start the next scan there.
+        log.write_checkpoint(end)
+            .await
+            .map_err(|source| RecoveryError::Io {
+                what: "cannot write checkpoint in",
+                path: log.spec.dir.clone(),
+                source,
+            })?;
+        glommio::spawn_local(writer_loop(log.clone())).detach();
+        glommio::spawn_local(flush::flusher(log.clone())).detach();
+        glommio::spawn_local(flush::checkpointer(log.clone())).detach();
+        Ok((log, recovered.report))
+    }
+
+    pub fn shard(&self) -> usize {
+        self.spec.shard
+    }
+
+    pub fn written(&self) -> u64 {
+        self.planner.borrow().written()
+    }
+
+    pub fn flushed(&self) -> u64 {
+        self.flushed.get()
+    }
+
+    pub fn append_offset(&self) -> u64 {
+        self.planner.borrow().append_offset()
+    }
+
+    /// Failed or stopping: background tasks should exit.
+    pub fn stopped(&self) -> bool {
+        self.stopping.get() || self.failed.borrow().is_some()
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.failed.borrow().clone()
+    }
+
+    /// Whether `bytes` more fit the write buffer now.
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.planner.borrow().pending_bytes() + bytes as u64 <= self.spec.buffer_max_bytes as u64
+    }
+
+    /// Appends a record of `len` bytes that `encode` fills given its offset; returns the
+    /// offset. The caller checked the size and the room.
+    pub fn append(&self, len: usize, encode: impl FnOnce(u64, &mut [u8])) -> u64 {
+        debug_assert!(len as u64 <= self.spec.record_max);
+        self.planner.borrow_mut().append(len, encode)
+    }
+
+    /// Tells the writer that appends are waiting.
+    pub fn kick(&self) {
+        self.writer_wake.notify();
+    }
+
+    /// Takes back a buffer whose write completed, if it is a whole chunk and the pool has room.
+    fn recycle(&self, buf: DmaBuffer) {
+        let mut pool = self.pool.borrow_mut();
+        if buf.len() == self.spec.chunk_bytes && pool.len() < self.spec.writes_in_flight_max + 2 {
+            pool.push(buf);
+        }
+    }
+
+    fn on_written(&self, written: u64) {
+        self.shared.written.store(written, Ordering::Release);
+        self.progress.notify();
+        self.writer_wake.notify();
+    }
+
+    /// One fdatasync covering everything written so far.
+    pub async fn flush_once(&self) -> Result<(), ()> {
+        let target = self.written();
+        let from = self.flushed.get();
+        if target <= from {
+            return Ok(());
+        }
+        let seg = self.spec.segment_bytes;
+        let files: Vec<Rc<SegmentFile>> = self
+            .segments
+            .borrow()
+            .range(from - from % seg..=(target - 1) - (target - 1) % seg)
+            .map(|(_, f)| f.clone())
+            .collect();
+        for file in files {
+            if let Err(e) = file.fdatasync().await {
+                self.fail(format!(
+                    "fdatasync of {} failed: {e}",
+                    file.path().display()
+                ));
+                return Err(());
+            }
+        }
+        if self.failed.borrow().is_some() {
+            return Err(());
+        }
+        if target > self.flushed.get() {
+            self.flushed.set(target);
+            self.shared.flushed.store(target, Ordering::Release);
+            self.progress.notify();
+        }
+        Ok(())
+    }
+
+    /// Stops taking writes after an I/O error; waiters learn it through `progress`. Nothing
+    /// is retried: the bytes' fate on the device is unknown.
+    pub fn fail(&self, reason: String) {
+        if self.failed.borrow().is_some() {
+            return;
+        }
+        tracing::error!(shard = self.spec.shard, log = self.spec.name, %reason, "log stopped taking writes");
+        *self.failed.borrow_mut() = Some(reason);
+        self.shared.failed.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Stops background tasks without flushing (a crash, as far as the data is concerned).
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        self.writer_wake.notify();
+        self.progress.notify();
+        self.segment_ready.notify();
+    }
+
+    /// Waits until everything appended is written (or the log failed).
+    pub async fn drain(&self) -> Result<(), String> {
+        loop {
+            let generation = self.progress.generation();
+            if let Some(reason) = self.failure() {
+                return Err(reason);
+            }
+            if self.written() == self.append_offset() {
+                return Ok(());
+            }
+            self.progress.wait_past(generation).await;
+        }
+    }
+
+    pub async fn write_checkpoint(&self, flushed: u64) -> std::io::Result<()> {
+        let dir = self.spec.dir.clone();
+        self.run_blocking(move || segment::write_checkpoint(&dir, flushed))
+            .await
+    }
+
+    /// Runs a blocking file-system call (fsync of a small file or a directory) on glommio's
+    /// blocking pool, so the shard keeps serving meanwhile.
+    pub async fn run_blocking<R: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        self.blocking_jobs.set(self.blocking_jobs.get() + 1);
+        let result = glommio::executor().spawn_blocking(job).await;
+        self.blocking_jobs.set(self.blocking_jobs.get() - 1);
+        self.blocking_done.notify();
+        result
+    }
+
+    /// Waits for jobs on the blocking pool: glommio's pool thread panics if the executor that
+    /// asked is gone when the job finishes.
+    pub async fn quiesce(&self) {
+        loop {
+            let generation = self.blocking_done.generation();
+            if self.blocking_jobs.get() == 0 {
+                return;
+            }
+            self.blocking_done.wait_past(generation).await;
+        }
+    }
+
+    /// Reads `len` bytes at `offset`, which must lie below `written`, within one segment.
+    pub async fn read_bytes(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        let found = self
+            .segments
+            .borrow()
+            .range(..=offset)
+            .next_back()
+            .map(|(b, f)| (*b, f.clone()));
+        let Some((base, file)) = found else {
+            return Err(std::io::Error::other(format!(
+                "no segment holds offset {offset}"
+            )));
+        };
+        file.read_bytes(offset - base, len).await
+    }
+}
+
+/// Submits the planner's writes as they become possible, until the log stops.
+async fn writer_loop(log: Rc<Log>) {
+    let first = log.written();
+    let mut current = log.planner.borrow().segment_base(first);
+    prepare_next(&log, current);
+    let in_flight_max = log.spec.writes_in_flight_max;
+    loop {
+        let generation = log.writer_wake.generation();
+        if log.stopped() {
+            return;
+        }
+        let op = log.planner.borrow_mut().next_write(in_flight_max);
+        let Some(op) = op else {
+            log.writer_wake.wait_past(generation).await;
+            continue;
+        };
+        if op.segment_base != current {
+            // The planner hands out a new segment's first write only once every earlier
+            // write has completed; flushing now makes the old segment whole and durable
+            // before the new one gets a byte. Recovery relies on it.
+            debug_assert_eq!(
+                log.planner.borrow().in_flight(),
+                1,
+                "only the new segment's write"
+            );
+            if log.flush_once().await.is_err() {
+                return;
+            }
+            current = op.segment_base;
+            prepare_next(&log, current);
+        }
+        let file = match segment_file(&log, op.segment_base).await {
+            Ok(f) => f,
+            Err(e) => {
+                log.fail(format!("cannot create segment {}: {e}", op.segment_base));
+                return;
+            }
+        };
+        glommio::spawn_local(write_one(log.clone(), file, op)).detach();
+    }
+}
+
+async fn write_one(log: Rc<Log>, file: Rc<SegmentFile>, op: writer::WriteOp<DmaBuffer>) {
+    let (id, pos, len) = (op.id, op.file_pos, op.buf.len());
+    let buf = Rc::new(op.buf);
+    let result = file.write_at(buf.clone(), pos).await;
+    if let Ok(buf) = Rc::try_unwrap(buf) {
+        log.recycle(buf);
+    }
+    match result {
+        Ok(_) => {
+            let written = log.planner.borrow_mut().complete(id);
+            log.on_written(written);
+        }
+        Err(e) => {
+            log.fail(format!(
+                "write of {len} bytes at {pos} of {} failed: {e}",
+                file.path().display()
+            ));
+        }
+    }
+}
+
+/// Creates the segment after `base` in the background, so a roll rarely waits for it.
+fn prepare_next(log: &Rc<Log>, base: u64) {
+    let log = log.clone();
+    let next = base + log.spec.segment_bytes;
+    glommio::spawn_local(async move {
+        if let Err(e) = segment_file(&log, next).await {
+            tracing::warn!(shard = log.spec.shard, base = next, error = %e, "cannot preallocate segment");
+        }
+    })
+    .detach();
+}
+
+/// The segment starting at `base`, created (preallocated, name made durable) once if missing.
+async fn segment_file(log: &Rc<Log>, base: u64) -> std::io::Result<Rc<SegmentFile>> {
+    loop {
+        if let Some(f) = log.segments.borrow().get(&base) {
+            return Ok(f.clone());
+        }
+        if log.stopped() {
+            return Err(std::io::Error::other("log stopped"));
+        }
+        if log.creating.borrow().contains(&base) {
+            let generation = log.segment_ready.generation();
+            log.segment_ready.wait_past(generation).await;
+            continue;
+        }
+        log.creating.borrow_mut().insert(base);
+        let plan = log.spec.plan.clone();
+        let mut created =
+            segment::create_segment(&log.spec.dir, base, log.spec.segment_bytes, plan).await;
+        if created.is_ok() {
+            let dir = log.spec.dir.clone();
+            if let Err(e) = log.run_blocking(move || crate::meta::sync_dir(&dir)).await {
+                created = Err(e);
+            }
+        }
+        log.creating.borrow_mut().remove(&base);
+        log.segment_ready.notify();
+        let file = Rc::new(created?);
+        log.segments.borrow_mut().insert(base, file.clone());
+        return Ok(file);
+    }
+}
