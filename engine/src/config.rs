@@ -68,8 +68,16 @@ pub struct StoreConfig {
     /// Locked memory for glommio's registered I/O buffers, per shard. Default: sized to fit
     /// `RLIMIT_MEMLOCK` (see `runtime`).
     pub io_memory_bytes: Option<usize>,
+    /// The address stored in records as the store host and encoded in message ids.
+    pub store_host: std::net::SocketAddr,
     /// Pin shard `i` to CPU `i` when the process may use it.
     pub pin_shards: bool,
+    /// Size of one ConsumeQueue log segment (each shard has one log for all its queues).
+    pub consume_queue_segment_bytes: u64,
+    /// ASYNC_FLUSH: how often the ConsumeQueue log flushes (`flushIntervalConsumeQueue`, 1 s).
+    pub consume_queue_flush_interval_ms: u64,
+    /// ASYNC_FLUSH: least pages pending for a ConsumeQueue flush (`flushConsumeQueueLeastPages`, 2).
+    pub consume_queue_flush_least_pages: u32,
     /// How often a shard persists its CommitLog checkpoint (the flushed offset).
     pub checkpoint_interval_ms: u64,
     /// Test seam: fault injection and power-cut simulation. Never set in production.
@@ -99,8 +107,12 @@ impl Default for StoreConfig {
             write_chunk_bytes: 512 << 10,
             writes_in_flight_max: 32,
             io_memory_bytes: None,
+            store_host: std::net::SocketAddr::from(([127, 0, 0, 1], 10911)),
             pin_shards: true,
             checkpoint_interval_ms: 1_000,
+            consume_queue_segment_bytes: 64 << 20,
+            consume_queue_flush_interval_ms: 1_000,
+            consume_queue_flush_least_pages: 2,
             fault_plan: None,
             unsafe_ack_before_flush: false,
         }
@@ -173,6 +185,15 @@ impl StoreConfig {
                  chunk ({} bytes)",
                 self.write_buffer_max_bytes,
                 self.message_size_max_bytes + self.write_chunk_bytes
+            ));
+        }
+        if self.consume_queue_segment_bytes < SEGMENT_SIZE_MIN_BYTES
+            || self.consume_queue_segment_bytes % BLOCK_BYTES != 0
+        {
+            return bad(format!(
+                "consume_queue_segment_bytes = {} must be a multiple of {BLOCK_BYTES} and at least \
+                 {SEGMENT_SIZE_MIN_BYTES}",
+                self.consume_queue_segment_bytes
             ));
         }
         if self.writes_in_flight_max == 0 {

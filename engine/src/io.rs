@@ -269,6 +269,13 @@ impl SegmentFile {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
+    /// Closes the descriptor now (dropping defers it to the executor's next I/O cycle).
+    pub async fn close(self) {
+        if let Err(e) = self.file.close().await {
+            tracing::warn!(path = %self.path.display(), error = %e, "closing a segment failed");
+        }
+    }
+
     /// Punches a hole: the range reads as zeroes afterwards.
     pub async fn deallocate(&self, offset: u64, len: u64) -> io::Result<()> {
         self.file

@@ -20,18 +20,25 @@
 //! See `ARCHITECTURE.md` for the map and `docs/format.md` for the on-disk layouts.
 
 pub mod config;
+pub mod consumequeue;
+mod dispatch;
 pub mod error;
+pub mod filter;
 pub mod io;
 pub mod log;
 pub mod meta;
+pub mod msgid;
 pub mod record;
 pub mod runtime;
 mod shard;
+mod startup;
 mod store;
 mod waiters;
 
 pub use config::{FlushMode, StoreConfig};
+pub use consumequeue::read::{GetRequest, GetResult, GetStatus, QueueMessage};
 pub use error::{ConfigError, OpenError, PutError, ReadError, RecoveryError, ShutdownError};
+pub use filter::TagFilter;
 pub use io::FaultPlan;
 pub use log::recovery::{CutReport, RecoveryReport};
 pub use record::{MessageInput, StoredMessage};

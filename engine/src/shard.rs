@@ -1,63 +1,113 @@
-//! One shard: the state its executor owns (its CommitLog, waiting puts), the put and read
-//! paths, and shutdown. Only the shard's own executor touches this state; other threads go
-//! through the store's requests and read the published [`LogShared`] atomics.
+//! One shard: the state its executor owns and the tasks that drive it.
+//!
+//! *As a source* it appends puts to its CommitLog and, once their bytes are written
+//! (ASYNC_FLUSH) or flushed (SYNC_FLUSH), dispatches them to the owners of their queues.
+//! *As an owner* it takes dispatch batches from every source into its ConsumeQueues.
+//! Only the shard's own executor touches this state; other threads send requests and read
+//! the published [`LogShared`] atomics.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{FlushMode, StoreConfig};
-use crate::error::{PutError, ReadError, RecoveryError};
-use crate::log::recovery::{RecoveryReport, SealedPolicy};
-use crate::log::{FlushPolicy, Log, LogShared, LogSpec};
-use crate::record::{self, decode, encoded_len, Entry, MessageInput, StoreStamp, StoredMessage};
+use crate::consumequeue::read::ClReader;
+use crate::consumequeue::ConsumeQueues;
+use crate::dispatch::{Collector, DispatchBatch, DispatchRecord, Sink};
+use crate::error::PutError;
+use crate::filter::tag_hash;
+use crate::log::recovery::SealedPolicy;
+use crate::log::{FlushPolicy, Log, LogSpec};
+use crate::meta::queue_shard;
+use crate::record::{self, encoded_len, MessageInput, StoreStamp};
 use crate::store::{PutResult, PutStatus};
-use crate::waiters::{AckQueue, Reply};
+use crate::waiters::LocalEvent;
+
+struct Pending {
+    end: u64,
+    record: DispatchRecord,
+}
 
 pub struct Shard {
     pub(crate) id: usize,
     pub(crate) config: Arc<StoreConfig>,
-    store_host: SocketAddr,
+    pub(crate) store_host: SocketAddr,
     /// The shard's CommitLog.
     pub(crate) cl: Rc<Log>,
+    /// The queues this shard owns.
+    pub(crate) cqs: Rc<ConsumeQueues>,
+    pub(crate) reader: ClReader,
     closing: Cell<bool>,
-    /// Puts waiting for their bytes to be written (ASYNC_FLUSH) or flushed (SYNC_FLUSH).
-    write_acks: RefCell<AckQueue>,
-    flush_acks: RefCell<AckQueue>,
+    /// Appended records waiting to be dispatched, in CommitLog order.
+    pending: RefCell<VecDeque<Pending>>,
+    /// One sender per owner shard (this one included).
+    dispatch_tx: Vec<flume::Sender<DispatchBatch>>,
+    /// The intake task is applying a batch.
+    intake_busy: Cell<bool>,
+    intake_idle: LocalEvent,
+}
+
+/// The CommitLog of shard `id`.
+pub fn commitlog_spec(id: usize, config: &StoreConfig) -> LogSpec {
+    LogSpec {
+        name: "commitlog",
+        shard: id,
+        dir: config.store_path.join("commitlog").join(id.to_string()),
+        segment_bytes: config.segment_size_bytes,
+        record_max: config.message_size_max_bytes as u64,
+        chunk_bytes: config.write_chunk_bytes,
+        writes_in_flight_max: config.writes_in_flight_max,
+        buffer_max_bytes: config.write_buffer_max_bytes,
+        flush: match config.flush_mode {
+            FlushMode::Sync => FlushPolicy::Group,
+            FlushMode::Async => FlushPolicy::Interval {
+                interval: Duration::from_millis(config.flush_interval_ms),
+                least_pages: config.flush_least_pages,
+                thorough: Duration::from_millis(config.flush_thorough_interval_ms),
+            },
+        },
+        checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
+        plan: config.fault_plan.clone(),
+        step: Rc::new(record::scan_step),
+        sealed: SealedPolicy::Refuse,
+    }
 }
 
 impl Shard {
-    /// Recovers the shard's CommitLog and starts its tasks.
-    pub async fn start(
+    /// Assembles a recovered shard and starts its tasks.
+    pub fn start(
         id: usize,
         config: Arc<StoreConfig>,
-        shared: Arc<LogShared>,
-    ) -> Result<(Rc<Shard>, RecoveryReport), RecoveryError> {
-        let meta_path = config.store_path.join(crate::meta::META_FILE);
-        crate::runtime::settle_iopoll_probe(&meta_path)
-            .await
-            .map_err(|source| RecoveryError::Io {
-                what: "cannot open",
-                path: meta_path.clone(),
-                source,
-            })?;
-        let (cl, report) = Log::open(commitlog_spec(id, &config), shared).await?;
+        cl: Rc<Log>,
+        cqs: Rc<ConsumeQueues>,
+        reader: ClReader,
+        dispatch_tx: Vec<flume::Sender<DispatchBatch>>,
+        intake: flume::Receiver<DispatchBatch>,
+    ) -> Rc<Shard> {
         let shard = Rc::new(Shard {
             id,
-            store_host: SocketAddr::from(([127, 0, 0, 1], 0)),
-            cl,
-            closing: Cell::new(false),
-            write_acks: RefCell::new(AckQueue::default()),
-            flush_acks: RefCell::new(AckQueue::default()),
+            store_host: reader.store_host,
             config,
+            cl,
+            cqs,
+            reader,
+            closing: Cell::new(false),
+            pending: RefCell::default(),
+            dispatch_tx,
+            intake_busy: Cell::new(false),
+            intake_idle: LocalEvent::default(),
         });
-        glommio::spawn_local(acker(shard.clone())).detach();
+        // Spawned through the logs so that stopping them cancels these too (they hold the
+        // shard, which holds the logs).
+        shard.cl.spawn(dispatcher(shard.clone()));
+        shard.cqs.cq.spawn(intake_loop(shard.clone(), intake));
         if shard.config.flush_mode == FlushMode::Sync {
-            glommio::spawn_local(flush_timeouts(shard.clone())).detach();
+            shard.cl.spawn(flush_timeouts(shard.clone()));
         }
-        Ok((shard, report))
+        shard
     }
 
     pub fn id(&self) -> usize {
@@ -68,8 +118,8 @@ impl Shard {
         self.cl.stopped()
     }
 
-    fn acks_on_flush(&self) -> bool {
-        self.config.flush_mode == FlushMode::Sync && !self.config.unsafe_ack_before_flush
+    fn dispatch_on_flush(&self) -> bool {
+        self.config.flush_mode == FlushMode::Sync
     }
 
     fn check_open(&self) -> Result<(), PutError> {
@@ -99,20 +149,25 @@ impl Shard {
             .collect()
     }
 
-    /// Appends a batch contiguously; returns where each record went and the batch's end offset
-    /// (pass it to [`Shard::await_ack`]). Nothing is appended if any message is invalid or the
-    /// write buffer is full.
-    pub fn put(&self, msgs: &[MessageInput]) -> Result<(Vec<PutResult>, u64), PutError> {
-        self.check_open()?;
-        let sizes = self.sizes(msgs)?;
+    /// Appends a batch contiguously; `sink` is answered once every record is acknowledged.
+    /// Nothing is appended (and the sink is failed) if any message is invalid or the write
+    /// buffer is full.
+    pub fn put(&self, msgs: Vec<MessageInput>, sink: Sink) {
+        let sizes = match self.check_open().and_then(|()| self.sizes(&msgs)) {
+            Ok(s) => s,
+            Err(e) => return sink.fail(e),
+        };
         if !self.cl.has_room(sizes.iter().sum()) {
-            return Err(PutError::Busy { shard: self.id });
+            return sink.fail(PutError::Busy { shard: self.id });
         }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
+        let deadline = self
+            .dispatch_on_flush()
+            .then(|| Instant::now() + self.config.sync_flush_timeout());
         let mut results = Vec::with_capacity(msgs.len());
-        let mut end = 0;
+        let mut records = Vec::with_capacity(msgs.len());
         for (msg, &len) in msgs.iter().zip(&sizes) {
             let offset = self.cl.append(len, |offset, out| {
                 let stamp = StoreStamp {
@@ -122,94 +177,111 @@ impl Shard {
                 };
                 record::encode(msg, &stamp, out);
             });
-            end = offset + len as u64;
             results.push(PutResult {
                 status: PutStatus::PutOk,
                 shard: self.id,
                 offset,
                 size: len as u32,
                 store_timestamp_ms: now_ms,
+                queue_offset: None,
+            });
+            records.push(DispatchRecord {
+                topic: msg.topic.clone(),
+                queue_id: msg.queue_id,
+                source: self.id as u16,
+                cl_offset: offset,
+                size: len as u32,
+                tag_hash: tag_hash(msg.tags.as_deref()),
+                store_timestamp_ms: now_ms,
+                deadline,
+                reply: None,
             });
         }
+        let mut pending = self.pending.borrow_mut();
+        for (mut record, part) in records.into_iter().zip(Collector::split(results, sink)) {
+            record.reply = Some(part);
+            pending.push_back(Pending {
+                end: record.cl_offset + record.size as u64,
+                record,
+            });
+        }
+        drop(pending);
         self.cl.kick();
-        Ok((results, end))
     }
 
-    /// Sends `reply` once the log up to `end` is acknowledged by the flush mode's rule.
-    pub fn await_ack(&self, end: u64, reply: Reply) {
-        if self.acks_on_flush() {
-            let deadline = Instant::now() + self.config.sync_flush_timeout();
-            self.flush_acks
-                .borrow_mut()
-                .push(end, Some(deadline), reply);
-        } else {
-            self.write_acks.borrow_mut().push(end, None, reply);
-        }
-    }
-
-    pub fn expire_flush_waiters(&self, now: Instant) {
-        let expired = self.flush_acks.borrow_mut().take_expired(now);
-        if !expired.is_empty() {
-            tracing::warn!(
-                shard = self.id,
-                puts = expired.len(),
-                "flush timed out: FLUSH_DISK_TIMEOUT"
-            );
-        }
-        expired
-            .into_iter()
-            .for_each(|r| r.finish(Ok(PutStatus::FlushDiskTimeout)));
-    }
-
-    /// Reads the record at `offset` back from the device, checking its CRC.
-    pub async fn read(&self, offset: u64) -> Result<StoredMessage, ReadError> {
+    /// Sends every pending record the CommitLog's progress covers to its owner.
+    fn dispatch_ready(&self) {
         let written = self.cl.written();
-        let out_of_range = ReadError::OffsetOutOfRange {
-            shard: self.id,
-            offset,
-            readable: written,
+        let upto = if self.dispatch_on_flush() {
+            self.cl.flushed()
+        } else {
+            written
         };
-        if offset >= written {
-            return Err(out_of_range);
+        let mut pending = self.pending.borrow_mut();
+        if self.config.unsafe_ack_before_flush {
+            // Test seam: answer at write time, before any flush (what the power-cut test
+            // must catch).
+            for p in pending.iter_mut().take_while(|p| p.end <= written) {
+                if let Some(reply) = p.record.reply.take() {
+                    reply.complete(Ok((PutStatus::PutOk, None)));
+                }
+            }
         }
-        let left = self.config.segment_size_bytes - offset % self.config.segment_size_bytes;
-        let io = |e: std::io::Error| ReadError::Io {
+        if pending.front().is_none_or(|p| p.end > upto) {
+            return;
+        }
+        let owners = self.dispatch_tx.len();
+        let mut batches: Vec<Vec<DispatchRecord>> = (0..owners).map(|_| Vec::new()).collect();
+        let mut mark = 0;
+        while pending.front().is_some_and(|p| p.end <= upto) {
+            let Some(p) = pending.pop_front() else { break };
+            mark = p.end;
+            batches[queue_shard(&p.record.topic, p.record.queue_id, owners)].push(p.record);
+        }
+        drop(pending);
+        for (owner, records) in batches.into_iter().enumerate() {
+            let batch = DispatchBatch {
+                source: self.id as u16,
+                upto: mark,
+                records,
+            };
+            if let Err(flume::SendError(batch)) = self.dispatch_tx[owner].send(batch) {
+                let err = PutError::ShuttingDown;
+                batch
+                    .records
+                    .into_iter()
+                    .filter_map(|r| r.reply)
+                    .for_each(|p| p.complete(Err(err.clone())));
+            }
+        }
+    }
+
+    fn fail_pending(&self, reason: String) {
+        let err = PutError::ShardFailed {
             shard: self.id,
-            offset,
-            reason: e.to_string(),
-        };
-        let bad = |reason| ReadError::BadRecord {
-            shard: self.id,
-            offset,
             reason,
         };
-        let head = self
-            .cl
-            .read_bytes(offset, left.min(4096) as usize)
-            .await
-            .map_err(io)?;
-        let size =
-            record::peek_size(&head).ok_or(bad(record::DecodeError::Malformed("short read")))?;
-        if size as u64 > left || size as usize > self.config.message_size_max_bytes {
-            return Err(bad(record::DecodeError::BadSize(size)));
-        }
-        let bytes = if size as usize <= head.len() {
-            head.slice(..size as usize)
-        } else {
-            self.cl
-                .read_bytes(offset, size as usize)
-                .await
-                .map_err(io)?
-        };
-        match decode(&bytes, offset, left) {
-            Ok(Entry::Message(m)) => Ok(m),
-            Ok(Entry::Blank { .. }) => Err(bad(record::DecodeError::Malformed("blank marker"))),
-            Err(e) => Err(bad(e)),
+        for p in self.pending.borrow_mut().drain(..) {
+            if let Some(reply) = p.record.reply {
+                reply.complete(Err(err.clone()));
+            }
         }
     }
 
-    /// Graceful stop: write out everything appended, flush it, checkpoint, and stop tasks.
-    pub async fn shutdown(&self) -> Result<(), String> {
+    fn expire(&self, now: Instant) {
+        for p in self.pending.borrow_mut().iter_mut() {
+            if p.record.deadline.is_some_and(|d| d <= now) {
+                if let Some(reply) = p.record.reply.take() {
+                    reply.complete(Ok((PutStatus::FlushDiskTimeout, None)));
+                }
+            }
+        }
+        self.cqs.expire(now);
+    }
+
+    /// Shutdown, first step (on every shard before the second): no new puts; everything
+    /// appended is written, flushed and dispatched.
+    pub async fn shutdown_sources(&self) -> Result<(), String> {
         self.closing.set(true);
         self.cl.kick();
         self.cl.drain().await?;
@@ -217,8 +289,31 @@ impl Shard {
             .flush_once()
             .await
             .map_err(|_| self.cl.failure().unwrap_or_default())?;
-        // Let the acker hand out what the last flush covered before the tasks stop.
-        self.ack_upto(self.cl.written(), self.cl.flushed());
+        self.dispatch_ready();
+        Ok(())
+    }
+
+    /// Shutdown, second step: every dispatched entry is applied and flushed, puts answered,
+    /// checkpoints written, tasks stopped.
+    pub async fn shutdown_owner(
+        &self,
+        intake: &flume::Receiver<DispatchBatch>,
+    ) -> Result<(), String> {
+        loop {
+            let generation = self.intake_idle.generation();
+            if intake.is_empty() && !self.intake_busy.get() {
+                break;
+            }
+            self.intake_idle.wait_past(generation).await;
+        }
+        let cq = &self.cqs.cq;
+        cq.drain().await?;
+        cq.flush_once()
+            .await
+            .map_err(|_| cq.failure().unwrap_or_default())?;
+        cq.write_checkpoint(cq.flushed())
+            .await
+            .map_err(|e| e.to_string())?;
         self.cl
             .write_checkpoint(self.cl.flushed())
             .await
@@ -230,61 +325,29 @@ impl Shard {
     /// Stops the shard's tasks without flushing (a crash, as far as the data is concerned).
     pub fn stop(&self) {
         self.cl.stop();
+        self.cqs.cq.stop();
+        self.intake_idle.notify();
     }
 
-    fn ack_upto(&self, written: u64, flushed: u64) {
-        let mut done = self.write_acks.borrow_mut().take_upto(written);
-        done.extend(self.flush_acks.borrow_mut().take_upto(flushed));
-        done.into_iter()
-            .for_each(|r| r.finish(Ok(PutStatus::PutOk)));
-    }
-
-    fn fail_waiting(&self, reason: String) {
-        let err = PutError::ShardFailed {
-            shard: self.id,
-            reason,
-        };
-        let mut waiting = self.write_acks.borrow_mut().take_all();
-        waiting.extend(self.flush_acks.borrow_mut().take_all());
-        waiting.into_iter().for_each(|r| r.finish(Err(err.clone())));
+    /// After `stop`: waits for what is still in flight, then closes every file.
+    pub async fn quiesce(&self) {
+        self.cl.quiesce().await;
+        self.cqs.cq.quiesce().await;
+        self.reader.close_files().await;
+        self.cl.close_files().await;
+        self.cqs.cq.close_files().await;
     }
 }
 
-/// The CommitLog of shard `id`.
-fn commitlog_spec(id: usize, config: &StoreConfig) -> LogSpec {
-    LogSpec {
-        name: "commitlog",
-        shard: id,
-        dir: config.store_path.join("commitlog").join(id.to_string()),
-        segment_bytes: config.segment_size_bytes,
-        record_max: config.message_size_max_bytes as u64,
-        chunk_bytes: config.write_chunk_bytes,
-        writes_in_flight_max: config.writes_in_flight_max,
-        buffer_max_bytes: config.write_buffer_max_bytes,
-        flush: match config.flush_mode {
-            FlushMode::Sync => FlushPolicy::Group,
-            FlushMode::Async => FlushPolicy::Interval {
-                interval: Duration::from_millis(config.flush_interval_ms),
-                least_pages: config.flush_least_pages,
-                thorough: Duration::from_millis(config.flush_thorough_interval_ms),
-            },
-        },
-        checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
-        plan: config.fault_plan.clone(),
-        step: record::scan_step,
-        sealed: SealedPolicy::Refuse,
-    }
-}
-
-/// Acknowledges puts as the CommitLog's progress covers them; fails them if it fails.
-async fn acker(shard: Rc<Shard>) {
+/// Dispatches as the CommitLog's progress allows; fails waiting puts if it fails.
+async fn dispatcher(shard: Rc<Shard>) {
     loop {
         let generation = shard.cl.progress.generation();
         if let Some(reason) = shard.cl.failure() {
-            shard.fail_waiting(reason);
+            shard.fail_pending(reason);
             return;
         }
-        shard.ack_upto(shard.cl.written(), shard.cl.flushed());
+        shard.dispatch_ready();
         if shard.cl.stopped() {
             return;
         }
@@ -292,8 +355,26 @@ async fn acker(shard: Rc<Shard>) {
     }
 }
 
-/// SYNC_FLUSH: completes puts still not covered by a flush after the timeout with
-/// FLUSH_DISK_TIMEOUT (their bytes stay in the log and may become durable later).
+/// Applies dispatch batches from every source, waiting for room in the ConsumeQueue log.
+async fn intake_loop(shard: Rc<Shard>, rx: flume::Receiver<DispatchBatch>) {
+    while let Ok(batch) = rx.recv_async().await {
+        shard.intake_busy.set(true);
+        let need = ConsumeQueues::batch_bytes(&batch);
+        loop {
+            let generation = shard.cqs.cq.progress.generation();
+            if shard.cqs.cq.stopped() || shard.cqs.cq.has_room(need) {
+                break;
+            }
+            shard.cqs.cq.progress.wait_past(generation).await;
+        }
+        shard.cqs.apply(batch);
+        shard.intake_busy.set(false);
+        shard.intake_idle.notify();
+    }
+}
+
+/// SYNC_FLUSH: answers puts still not acknowledged after the timeout with FLUSH_DISK_TIMEOUT
+/// (their records stay and may become durable later).
 async fn flush_timeouts(shard: Rc<Shard>) {
     let tick = (shard.config.sync_flush_timeout() / 20)
         .clamp(Duration::from_millis(5), Duration::from_millis(100));
@@ -302,6 +383,6 @@ async fn flush_timeouts(shard: Rc<Shard>) {
         if shard.stopped() {
             return;
         }
-        shard.expire_flush_waiters(Instant::now());
+        shard.expire(Instant::now());
     }
 }

@@ -7,10 +7,13 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, ThreadId};
+use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::StoreConfig;
+use crate::consumequeue::read::{GetRequest, GetResult};
+use crate::dispatch::{DispatchBatch, DispatchRecord, Sink};
 use crate::error::{io_context, OpenError, PutError, ReadError, ShutdownError};
 use crate::log::recovery::RecoveryReport;
 use crate::log::LogShared;
@@ -18,7 +21,7 @@ use crate::meta::{self, DirLock, Meta};
 use crate::record::{MessageInput, StoredMessage};
 use crate::runtime;
 use crate::shard::Shard;
-use crate::waiters::Reply;
+use crate::startup::{run_shard, Ctl, Init, ShardThread};
 
 /// Requests a shard's channel may hold before senders wait (or get `Busy`).
 pub const SHARD_REQUESTS_MAX: usize = 4096;
@@ -43,35 +46,25 @@ pub struct PutResult {
     /// Encoded record size in bytes.
     pub size: u32,
     pub store_timestamp_ms: i64,
+    /// The offset the queue's owner assigned; `None` if the put was answered before that
+    /// (FLUSH_DISK_TIMEOUT while its CommitLog flush was still pending).
+    pub queue_offset: Option<u64>,
 }
 
 type Job = Box<dyn FnOnce() + Send>;
+type ShutdownPhase = fn(flume::Sender<Result<(), String>>) -> Request;
 
-enum Request {
+/// What other threads ask a shard.
+pub(crate) enum Request {
     Put(Vec<MessageInput>, Sink),
-    Read(u64, flume::Sender<Result<StoredMessage, ReadError>>),
+    Read(usize, u64, flume::Sender<Result<StoredMessage, ReadError>>),
+    Get(GetRequest, flume::Sender<Result<GetResult, ReadError>>),
+    Offsets(String, u32, flume::Sender<Option<(u64, u64)>>),
+    OffsetForTime(String, u32, i64, flume::Sender<Option<u64>>),
+    Wait(String, u32, u64, Duration, flume::Sender<bool>),
     Run(Job),
-    Shutdown(flume::Sender<Result<(), String>>),
-}
-
-enum Sink {
-    One(flume::Sender<Result<PutResult, PutError>>),
-    Batch(flume::Sender<Result<Vec<PutResult>, PutError>>),
-}
-
-impl Sink {
-    fn into_reply(self, mut results: Vec<PutResult>) -> Reply {
-        match self {
-            Sink::One(tx) => Reply::One(results.remove(0), tx),
-            Sink::Batch(tx) => Reply::Batch(results, tx),
-        }
-    }
-    fn fail(self, e: PutError) {
-        match self {
-            Sink::One(tx) => drop(tx.send(Err(e))),
-            Sink::Batch(tx) => drop(tx.send(Err(e))),
-        }
-    }
+    ShutdownSources(flume::Sender<Result<(), String>>),
+    ShutdownOwner(flume::Sender<Result<(), String>>),
 }
 
 struct ShardHandle {
@@ -86,6 +79,7 @@ struct Inner {
     shards: Vec<ShardHandle>,
     threads: Mutex<Vec<(ThreadId, JoinHandle<()>)>>,
     reports: Vec<RecoveryReport>,
+    cq_reports: Vec<RecoveryReport>,
     _lock: DirLock,
 }
 
@@ -102,6 +96,10 @@ static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
 thread_local! {
     /// The shard this thread runs, if it is a shard thread: (store id, shard).
     static LOCAL_SHARD: RefCell<Option<(u64, Rc<Shard>)>> = const { RefCell::new(None) };
+}
+
+pub(crate) fn set_local_shard(shard: Option<(u64, Rc<Shard>)>) {
+    LOCAL_SHARD.with(|l| *l.borrow_mut() = shard);
 }
 
 fn local_shard(store: u64) -> Option<Rc<Shard>> {
@@ -132,12 +130,17 @@ impl Store {
         );
         let config = Arc::new(config);
         let id = NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed);
+        let shared: Arc<Vec<Arc<LogShared>>> =
+            Arc::new((0..shards).map(|_| Arc::default()).collect());
+        let (dispatch_tx, intakes): (Vec<_>, Vec<_>) =
+            (0..shards).map(|_| flume::unbounded()).unzip();
+        let (init_tx, init_rx) = flume::unbounded();
         let mut handles = Vec::new();
         let mut threads = Vec::new();
-        let (init_tx, init_rx) = flume::unbounded();
-        for shard in 0..shards {
+        let mut ctls = Vec::new();
+        for (shard, intake) in intakes.into_iter().enumerate() {
             let (tx, rx) = flume::bounded(SHARD_REQUESTS_MAX);
-            let shared = Arc::new(LogShared::default());
+            let (ctl_tx, ctl_rx) = flume::unbounded();
             let placement = if config.pin_shards && cpus.len() >= shards {
                 Placement::Fixed(cpus[shard])
             } else {
@@ -146,46 +149,49 @@ impl Store {
             let builder = LocalExecutorBuilder::new(placement)
                 .name(&format!("shardmq-{shard}"))
                 .io_memory(io.per_shard_bytes);
-            let (cfg, sh, init) = (config.clone(), shared.clone(), init_tx.clone());
+            let t = ShardThread {
+                store: id,
+                id: shard,
+                config: config.clone(),
+                store_host: config.store_host,
+                shared: shared.clone(),
+                requests: rx,
+                ctl: ctl_rx,
+                init: init_tx.clone(),
+                dispatch_tx: dispatch_tx.clone(),
+                intake,
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("shardmq-shard-{shard}"))
-                .spawn(move || run_shard(builder, id, shard, cfg, sh, rx, init))
+                .spawn(move || run_shard(builder, t))
                 .map_err(|e| OpenError::ShardStart {
                     shard,
                     reason: e.to_string(),
                 })?;
             threads.push((thread.thread().id(), thread));
-            handles.push(ShardHandle { tx, shared });
+            handles.push(ShardHandle {
+                tx,
+                shared: shared[shard].clone(),
+            });
+            ctls.push(ctl_tx);
         }
         drop(init_tx);
-        let mut reports = vec![None; shards];
-        let mut failure = None;
-        for _ in 0..shards {
-            match init_rx.recv() {
-                Ok((shard, Ok(report))) => reports[shard] = Some(report),
-                Ok((_, Err(e))) => failure = failure.or(Some(e)),
-                Err(_) => break,
-            }
-        }
-        let reports: Vec<RecoveryReport> = reports.into_iter().flatten().collect();
-        let inner = Inner {
+        drop(dispatch_tx);
+        let mut inner = Inner {
             id,
             config,
             meta,
             shards: handles,
             threads: Mutex::new(threads),
-            reports,
+            reports: Vec::new(),
+            cq_reports: Vec::new(),
             _lock: lock,
         };
-        if let Some(e) = failure.or_else(|| {
-            (inner.reports.len() != shards).then(|| OpenError::ShardStart {
-                shard: 0,
-                reason: "a shard thread exited".into(),
-            })
-        }) {
-            drop(inner); // closes the channels and joins the threads
-            return Err(e);
-        }
+        // On error, dropping `inner` (and the control channels) stops and joins the threads.
+        let (reports, cq_reports) = bring_up(&init_rx, &ctls, shards)?;
+        inner.reports = reports;
+        inner.cq_reports = cq_reports;
+        drop(ctls);
         Ok(Store {
             inner: Arc::new(inner),
         })
@@ -207,9 +213,14 @@ impl Store {
         &self.inner.config.store_path
     }
 
-    /// What recovery did on each shard when this store was opened.
+    /// What recovery did to each shard's CommitLog when this store was opened.
     pub fn recovery_reports(&self) -> &[RecoveryReport] {
         &self.inner.reports
+    }
+
+    /// What recovery did to each shard's ConsumeQueue log when this store was opened.
+    pub fn consume_queue_reports(&self) -> &[RecoveryReport] {
+        &self.inner.cq_reports
     }
 
     /// The shard owning `(topic, queue_id)`.
@@ -279,8 +290,7 @@ impl Store {
 
     fn submit(&self, msgs: Vec<MessageInput>, sink: Sink) -> Result<Submitted, PutError> {
         if let Some(shard) = local_shard(self.inner.id) {
-            let (results, end) = shard.put(&msgs)?;
-            shard.await_ack(end, sink.into_reply(results));
+            shard.put(msgs, sink);
             return Ok(Submitted::Done);
         }
         let owner = self.queue_shard(&msgs[0].topic, msgs[0].queue_id);
@@ -302,7 +312,7 @@ impl Store {
         async move {
             let tx = tx.ok_or(ReadError::NoSuchShard(shard))?;
             let (rtx, rrx) = flume::bounded(1);
-            tx.send_async(Request::Read(offset, rtx))
+            tx.send_async(Request::Read(shard, offset, rtx))
                 .await
                 .map_err(|_| ReadError::ShuttingDown)?;
             rrx.recv_async()
@@ -355,20 +365,109 @@ impl Store {
         }
     }
 
-    /// Writes out and flushes everything appended, checkpoints, and stops every shard.
+    /// Writes out and flushes everything appended, answers every put, checkpoints, and stops
+    /// every shard: first every shard finishes its CommitLog and dispatches, then every shard
+    /// applies and flushes what it was sent.
     pub async fn shutdown(self) -> Result<(), ShutdownError> {
         let mut result = Ok(());
-        for (shard, handle) in self.inner.shards.iter().enumerate() {
-            let (tx, rx) = flume::bounded(1);
-            let outcome = match handle.tx.send_async(Request::Shutdown(tx)).await {
-                Ok(()) => rx.recv_async().await.unwrap_or(Err("shard exited".into())),
-                Err(_) => Err("shard already stopped".into()),
-            };
-            if let Err(reason) = outcome {
-                result = Err(ShutdownError::Shard { shard, reason });
+        let phases: [ShutdownPhase; 2] = [Request::ShutdownSources, Request::ShutdownOwner];
+        for phase in phases {
+            for (shard, handle) in self.inner.shards.iter().enumerate() {
+                let (tx, rx) = flume::bounded(1);
+                let outcome = match handle.tx.send_async(phase(tx)).await {
+                    Ok(()) => rx.recv_async().await.unwrap_or(Err("shard exited".into())),
+                    Err(_) => Err("shard already stopped".into()),
+                };
+                if let Err(reason) = outcome {
+                    result = Err(ShutdownError::Shard { shard, reason });
+                }
             }
         }
         result
+    }
+
+    fn ask<T: Send + 'static>(
+        &self,
+        shard: usize,
+        make: impl FnOnce(flume::Sender<T>) -> Request,
+    ) -> impl Future<Output = Option<T>> + Send + 'static {
+        let tx = self.inner.shards.get(shard).map(|s| s.tx.clone());
+        let (rtx, rrx) = flume::bounded(1);
+        let request = make(rtx);
+        async move {
+            tx?.send_async(request).await.ok()?;
+            rrx.recv_async().await.ok()
+        }
+    }
+
+    /// RocketMQ's getMessage: up to `max_messages` messages of a queue from `offset`, through
+    /// the tag filter, served by the queue's owner shard.
+    pub fn get_message(
+        &self,
+        req: GetRequest,
+    ) -> impl Future<Output = Result<GetResult, ReadError>> + Send + 'static {
+        let owner = self.queue_shard(&req.topic, req.queue_id);
+        let asked = self.ask(owner, |tx| Request::Get(req, tx));
+        async move { asked.await.unwrap_or(Err(ReadError::ShuttingDown)) }
+    }
+
+    /// A queue's (min, max) offsets — max is one past the last readable message —, or `None`
+    /// if the queue has never held a message.
+    pub fn queue_offsets(
+        &self,
+        topic: &str,
+        queue_id: u32,
+    ) -> impl Future<Output = Option<(u64, u64)>> + Send + 'static {
+        let owner = self.queue_shard(topic, queue_id);
+        let topic = topic.to_owned();
+        let asked = self.ask(owner, move |tx| Request::Offsets(topic, queue_id, tx));
+        async move { asked.await.flatten() }
+    }
+
+    /// The first offset of a queue stored at or after `timestamp_ms`.
+    pub fn offset_for_time(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        timestamp_ms: i64,
+    ) -> impl Future<Output = Option<u64>> + Send + 'static {
+        let owner = self.queue_shard(topic, queue_id);
+        let topic = topic.to_owned();
+        let asked = self.ask(owner, move |tx| {
+            Request::OffsetForTime(topic, queue_id, timestamp_ms, tx)
+        });
+        async move { asked.await.flatten() }
+    }
+
+    /// Resolves to `true` once the queue holds a readable message at `offset` (its max passed
+    /// `offset`), or to `false` after `timeout`: the long-polling primitive.
+    pub fn wait_for_message(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        offset: u64,
+        timeout: Duration,
+    ) -> impl Future<Output = bool> + Send + 'static {
+        let owner = self.queue_shard(topic, queue_id);
+        let topic = topic.to_owned();
+        let asked = self.ask(owner, move |tx| {
+            Request::Wait(topic, queue_id, offset, timeout, tx)
+        });
+        async move { asked.await.unwrap_or(false) }
+    }
+
+    /// A message by the id `get_message` gave it.
+    pub fn message_by_id(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<StoredMessage, ReadError>> + Send + 'static {
+        let read = crate::msgid::decode(id).map(|(shard, offset)| self.read_message(shard, offset));
+        async move {
+            match read {
+                Some(read) => read.await,
+                None => Err(ReadError::NoSuchShard(usize::MAX)),
+            }
+        }
     }
 }
 
@@ -407,83 +506,85 @@ impl Drop for Inner {
     }
 }
 
-type InitResult = (usize, Result<RecoveryReport, OpenError>);
-
-fn run_shard(
-    builder: LocalExecutorBuilder,
-    store: u64,
-    id: usize,
-    config: Arc<StoreConfig>,
-    shared: Arc<LogShared>,
-    rx: flume::Receiver<Request>,
-    init: flume::Sender<InitResult>,
-) {
-    let executor = match builder.make() {
-        Ok(ex) => ex,
-        Err(e) => {
-            let reason = format!("cannot start its glommio executor: {e}");
-            let _ = init.send((id, Err(OpenError::ShardStart { shard: id, reason })));
-            return;
-        }
+/// Steps the shard threads through the phases of `startup`; returns the CommitLog and
+/// ConsumeQueue recovery reports.
+fn bring_up(
+    init: &flume::Receiver<Init>,
+    ctls: &[flume::Sender<Ctl>],
+    shards: usize,
+) -> Result<(Vec<RecoveryReport>, Vec<RecoveryReport>), OpenError> {
+    let gone = || OpenError::ShardStart {
+        shard: 0,
+        reason: "a shard thread exited during open".into(),
     };
-    executor.run(async move {
-        let shard = match Shard::start(id, config, shared).await {
-            Ok((shard, report)) => {
-                let _ = init.send((id, Ok(report)));
-                shard
+    let mut reports = vec![None; shards];
+    let mut ends = vec![0; shards];
+    for _ in 0..shards {
+        match init.recv().map_err(|_| gone())? {
+            Init::Cl(s, r) => {
+                let (report, end) = r?;
+                reports[s] = Some(report);
+                ends[s] = end;
             }
-            Err(source) => {
-                let _ = init.send((id, Err(OpenError::Recovery { shard: id, source })));
-                return;
-            }
-        };
-        drop(init);
-        LOCAL_SHARD.with(|l| *l.borrow_mut() = Some((store, shard.clone())));
-        serve(&shard, rx).await;
-        shard.cl.quiesce().await;
-        LOCAL_SHARD.with(|l| *l.borrow_mut() = None);
-    });
-}
-
-/// The shard's request loop: until shutdown, or until every sender is gone (a dropped store).
-async fn serve(shard: &Rc<Shard>, rx: flume::Receiver<Request>) {
-    while let Ok(request) = rx.recv_async().await {
-        match request {
-            Request::Put(msgs, sink) => {
-                // Off-shard callers wait for room rather than get `Busy`: the bounded channel
-                // already pushes back on them.
-                let bytes = match shard.sizes(&msgs) {
-                    Ok(sizes) => sizes.iter().sum(),
-                    Err(e) => {
-                        sink.fail(e);
-                        continue;
-                    }
-                };
-                loop {
-                    let generation = shard.cl.progress.generation();
-                    if shard.stopped() || shard.cl.has_room(bytes) {
-                        break;
-                    }
-                    shard.cl.progress.wait_past(generation).await;
-                }
-                match shard.put(&msgs) {
-                    Ok((results, end)) => shard.await_ack(end, sink.into_reply(results)),
-                    Err(e) => sink.fail(e),
-                }
-            }
-            Request::Read(offset, reply) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let _ = reply.send(shard.read(offset).await);
-                })
-                .detach();
-            }
-            Request::Run(job) => job(),
-            Request::Shutdown(reply) => {
-                let _ = reply.send(shard.shutdown().await);
-                return;
-            }
+            _ => return Err(gone()),
         }
     }
-    shard.stop();
+    ctls.iter()
+        .for_each(|c| drop(c.send(Ctl::ClEnds(ends.clone()))));
+    let mut cq_reports = vec![None; shards];
+    let mut marks = vec![Vec::new(); shards];
+    for _ in 0..shards {
+        match init.recv().map_err(|_| gone())? {
+            Init::Cq(s, r) => {
+                let (report, m) = r?;
+                cq_reports[s] = Some(report);
+                marks[s] = m;
+            }
+            _ => return Err(gone()),
+        }
+    }
+    for (source, ctl) in ctls.iter().enumerate() {
+        let starts = (0..shards)
+            .map(|owner| marks[owner][source].min(ends[source]))
+            .collect();
+        let _ = ctl.send(Ctl::Scan(starts));
+    }
+    let mut missing: Vec<Vec<Vec<DispatchRecord>>> = (0..shards).map(|_| Vec::new()).collect();
+    for _ in 0..shards {
+        match init.recv().map_err(|_| gone())? {
+            Init::Scanned(s, r) => missing[s] = r?,
+            _ => return Err(gone()),
+        }
+    }
+    let mut per_owner: Vec<Vec<DispatchBatch>> = (0..shards).map(|_| Vec::new()).collect();
+    for (source, lists) in missing.into_iter().enumerate() {
+        for (owner, records) in lists.into_iter().enumerate() {
+            per_owner[owner].push(DispatchBatch {
+                source: source as u16,
+                upto: ends[source],
+                records,
+            });
+        }
+    }
+    let redispatched: usize = per_owner.iter().flatten().map(|b| b.records.len()).sum();
+    if redispatched > 0 {
+        tracing::info!(
+            records = redispatched,
+            "re-dispatched CommitLog records to their ConsumeQueues"
+        );
+    }
+    for (owner, batches) in per_owner.into_iter().enumerate() {
+        let _ = ctls[owner].send(Ctl::Apply(batches));
+    }
+    for _ in 0..shards {
+        match init.recv().map_err(|_| gone())? {
+            Init::Applied(r) => r?,
+            _ => return Err(gone()),
+        }
+    }
+    ctls.iter().for_each(|c| drop(c.send(Ctl::Serve)));
+    Ok((
+        reports.into_iter().flatten().collect(),
+        cq_reports.into_iter().flatten().collect(),
+    ))
 }

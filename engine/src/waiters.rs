@@ -1,15 +1,9 @@
-//! Single-threaded wake-ups for a shard's tasks, and the FIFO of puts waiting for their bytes
-//! to be written or flushed.
+//! Single-threaded wake-ups for a shard's tasks.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
-
-use crate::error::PutError;
-use crate::store::{PutResult, PutStatus};
 
 /// An edge-triggered event for tasks of one executor. Read the generation, check the
 /// condition, then wait past that generation: a notify in between is not lost.
@@ -55,81 +49,5 @@ impl Future for WaitPast<'_> {
             wakers.push(cx.waker().clone());
         }
         Poll::Pending
-    }
-}
-
-/// Where a put's outcome goes.
-pub enum Reply {
-    One(PutResult, flume::Sender<Result<PutResult, PutError>>),
-    Batch(
-        Vec<PutResult>,
-        flume::Sender<Result<Vec<PutResult>, PutError>>,
-    ),
-}
-
-impl Reply {
-    pub fn finish(self, outcome: Result<PutStatus, PutError>) {
-        // A caller that stopped waiting dropped its receiver; nothing to tell it.
-        match self {
-            Reply::One(mut r, tx) => {
-                let _ = tx.send(outcome.map(|status| {
-                    r.status = status;
-                    r
-                }));
-            }
-            Reply::Batch(mut rs, tx) => {
-                let _ = tx.send(outcome.map(|status| {
-                    rs.iter_mut().for_each(|r| r.status = status);
-                    rs
-                }));
-            }
-        }
-    }
-}
-
-struct Ack {
-    end: u64,
-    deadline: Option<Instant>,
-    reply: Reply,
-}
-
-/// Puts waiting for the log to reach their end offset, in append (= offset) order.
-#[derive(Default)]
-pub struct AckQueue {
-    queue: VecDeque<Ack>,
-}
-
-impl AckQueue {
-    pub fn push(&mut self, end: u64, deadline: Option<Instant>, reply: Reply) {
-        debug_assert!(
-            self.queue.back().is_none_or(|a| a.end <= end),
-            "acks out of order"
-        );
-        self.queue.push_back(Ack {
-            end,
-            deadline,
-            reply,
-        });
-    }
-
-    /// Takes every put whose bytes end at or below `offset`.
-    pub fn take_upto(&mut self, offset: u64) -> Vec<Reply> {
-        let n = self.queue.iter().take_while(|a| a.end <= offset).count();
-        self.queue.drain(..n).map(|a| a.reply).collect()
-    }
-
-    /// Takes every put whose deadline has passed. Deadlines grow with append order, so only
-    /// the front needs looking at.
-    pub fn take_expired(&mut self, now: Instant) -> Vec<Reply> {
-        let n = self
-            .queue
-            .iter()
-            .take_while(|a| a.deadline.is_some_and(|d| d <= now))
-            .count();
-        self.queue.drain(..n).map(|a| a.reply).collect()
-    }
-
-    pub fn take_all(&mut self) -> Vec<Reply> {
-        self.queue.drain(..).map(|a| a.reply).collect()
     }
 }

@@ -27,7 +27,7 @@ use crate::config::BLOCK_BYTES;
 use crate::error::RecoveryError;
 use crate::io::{FaultPlan, SegmentFile};
 use crate::waiters::LocalEvent;
-use recovery::{recover, RecoverParams, RecoveryReport, SealedPolicy, StepFn};
+use recovery::{recover, RecoverParams, RecoveryReport, SealedPolicy, Step, StepFn};
 use writer::WritePlanner;
 
 /// When a log fdatasyncs.
@@ -45,7 +45,7 @@ pub enum FlushPolicy {
 }
 
 /// Everything a log needs to know about itself.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LogSpec {
     /// `commitlog` or `consumequeue`: for messages.
     pub name: &'static str,
@@ -91,6 +91,11 @@ pub struct Log {
     /// Jobs on glommio's blocking pool still running: the executor must outlive them.
     blocking_jobs: Cell<usize>,
     blocking_done: LocalEvent,
+    /// The log's background tasks; dropping them (on stop) cancels them, which releases the
+    /// references they hold to the log (and its open files).
+    tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
+    /// Write tasks submitted and not finished (they are not canceled: I/O is in flight).
+    writes_running: Cell<usize>,
 }
 
 impl Log {
@@ -100,7 +105,7 @@ impl Log {
         shared: Arc<LogShared>,
     ) -> Result<(Rc<Log>, RecoveryReport), RecoveryError> {
         let recovered = recover(RecoverParams {
-            step: spec.step,
+            step: spec.step.clone(),
             sealed: spec.sealed,
             shard: spec.shard,
             dir: &spec.dir,
@@ -135,7 +140,7 @@ impl Log {
             } else {
                 None
             };
-            let mut buf = reused.unwrap_or_else(|| any_file.alloc_dma_buffer(n));
+            let mut buf = reused.unwrap_or_else(|| glommio::allocate_dma_buffer(n));
             debug_assert_eq!(buf.as_mut_ptr() as usize % BLOCK_BYTES as usize, 0);
             buf
         });
@@ -164,6 +169,8 @@ impl Log {
             pool,
             blocking_jobs: Cell::new(0),
             blocking_done: LocalEvent::default(),
+            tasks: RefCell::default(),
+            writes_running: Cell::new(0),
             spec,
         });
         // Recovery made everything up to `end` durable: start the next scan there.
@@ -174,9 +181,9 @@ impl Log {
                 path: log.spec.dir.clone(),
                 source,
             })?;
-        glommio::spawn_local(writer_loop(log.clone())).detach();
-        glommio::spawn_local(flush::flusher(log.clone())).detach();
-        glommio::spawn_local(flush::checkpointer(log.clone())).detach();
+        log.spawn(writer_loop(log.clone()));
+        log.spawn(flush::flusher(log.clone()));
+        log.spawn(flush::checkpointer(log.clone()));
         Ok((log, recovered.report))
     }
 
@@ -282,10 +289,20 @@ impl Log {
         self.wake_all();
     }
 
+    /// Runs `task` on this executor until it ends or the log stops.
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + 'static) {
+        // One handle per task for the log's life: three, plus one per segment roll.
+        let handle = glommio::spawn_local(task).detach();
+        self.tasks.borrow_mut().push(handle);
+    }
+
     /// Stops background tasks without flushing (a crash, as far as the data is concerned).
     pub fn stop(&self) {
         self.stopping.set(true);
         self.wake_all();
+        for task in self.tasks.take() {
+            task.cancel();
+        }
     }
 
     fn wake_all(&self) {
@@ -308,7 +325,7 @@ impl Log {
         }
     }
 
-    pub async fn write_checkpoint(&self, flushed: u64) -> std::io::Result<()> {
+    pub async fn write_checkpoint(self: &Rc<Self>, flushed: u64) -> std::io::Result<()> {
         let dir = self.spec.dir.clone();
         self.run_blocking(move || segment::write_checkpoint(&dir, flushed))
             .await
@@ -316,26 +333,61 @@ impl Log {
 
     /// Runs a blocking file-system call (fsync of a small file or a directory) on glommio's
     /// blocking pool, so the shard keeps serving meanwhile.
-    pub async fn run_blocking<R: Send + 'static>(
-        &self,
-        job: impl FnOnce() -> R + Send + 'static,
-    ) -> R {
+    pub async fn run_blocking(
+        self: &Rc<Self>,
+        job: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        // The job runs in its own detached task, so that canceling the caller (on stop) still
+        // lets `quiesce` see it finish: glommio's pool thread panics if the executor that asked
+        // is gone when the job completes.
         self.blocking_jobs.set(self.blocking_jobs.get() + 1);
-        let result = glommio::executor().spawn_blocking(job).await;
-        self.blocking_jobs.set(self.blocking_jobs.get() - 1);
-        self.blocking_done.notify();
-        result
+        let (tx, rx) = flume::bounded(1);
+        let log = self.clone();
+        glommio::spawn_local(async move {
+            let result = glommio::executor().spawn_blocking(job).await;
+            log.blocking_jobs.set(log.blocking_jobs.get() - 1);
+            log.blocking_done.notify();
+            let _ = tx.send(result);
+        })
+        .detach();
+        rx.recv_async().await.unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "blocking job dropped with its executor",
+            ))
+        })
     }
 
-    /// Waits for jobs on the blocking pool: glommio's pool thread panics if the executor that
-    /// asked is gone when the job finishes.
+    /// Waits for jobs on the blocking pool (glommio's pool thread panics if the executor that
+    /// asked is gone when the job finishes) and for writes in flight (their tasks hold the
+    /// log's files).
     pub async fn quiesce(&self) {
         loop {
             let generation = self.blocking_done.generation();
             if self.blocking_jobs.get() == 0 {
-                return;
+                break;
             }
             self.blocking_done.wait_past(generation).await;
+        }
+        loop {
+            let generation = self.writer_wake.generation();
+            if self.writes_running.get() == 0 {
+                break;
+            }
+            self.writer_wake.wait_past(generation).await;
+        }
+        // Canceled tasks drop their futures (and references) when next run.
+        futures_lite::future::yield_now().await;
+    }
+
+    /// Closes the segment files (after `stop` and `quiesce`). glommio closes a dropped file
+    /// asynchronously on its next I/O cycle, which never comes once the executor ends: the
+    /// descriptors, and the space of deleted segments, would leak.
+    pub async fn close_files(&self) {
+        let files = std::mem::take(&mut *self.segments.borrow_mut());
+        for file in files.into_values() {
+            if let Ok(file) = Rc::try_unwrap(file) {
+                file.close().await;
+            }
         }
     }
 
@@ -355,6 +407,50 @@ impl Log {
         file.read_bytes(offset - base, len).await
     }
 }
+
+impl Log {
+    /// Calls `f(offset, record)` for each valid record from `from` (a record boundary) up to
+    /// the written end, in order, using the format's step function; stops at the first
+    /// position that is not a valid record.
+    pub async fn scan(&self, from: u64, mut f: impl FnMut(u64, &Bytes)) -> std::io::Result<()> {
+        let seg = self.spec.segment_bytes;
+        let end = self.written();
+        let mut pos = from;
+        let mut win = Bytes::new();
+        let mut win_pos = pos;
+        while pos < end {
+            let seg_end = pos - pos % seg + seg;
+            let avail = if pos >= win_pos && pos <= win_pos + win.len() as u64 {
+                win.slice((pos - win_pos) as usize..)
+            } else {
+                Bytes::new()
+            };
+            match (self.spec.step)(&avail, pos, seg_end - pos, self.spec.record_max) {
+                Step::Record(n) => {
+                    f(pos, &avail.slice(..n as usize));
+                    pos += n as u64;
+                }
+                Step::SegmentFull => pos = seg_end,
+                Step::Stop(_) => return Ok(()),
+                Step::Need(n) => {
+                    let len = (SCAN_WINDOW_BYTES.max(n))
+                        .min(seg_end - pos)
+                        .min(end.max(pos + n) - pos);
+                    let read = self.read_bytes(pos, len as usize).await?;
+                    if (read.len() as u64) < n.min(seg_end - pos) {
+                        return Ok(());
+                    }
+                    win = read;
+                    win_pos = pos;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes read at once by [`Log::scan`].
+const SCAN_WINDOW_BYTES: u64 = 1 << 20;
 
 /// Submits the planner's writes as they become possible, until the log stops.
 async fn writer_loop(log: Rc<Log>) {
@@ -394,11 +490,19 @@ async fn writer_loop(log: Rc<Log>) {
                 return;
             }
         };
+        log.writes_running.set(log.writes_running.get() + 1);
         glommio::spawn_local(write_one(log.clone(), file, op)).detach();
     }
 }
 
+/// Counted from spawn (in `writer_loop`) to its end, for `quiesce`.
 async fn write_one(log: Rc<Log>, file: Rc<SegmentFile>, op: writer::WriteOp<DmaBuffer>) {
+    write_op(&log, &file, op).await;
+    log.writes_running.set(log.writes_running.get() - 1);
+    log.writer_wake.notify();
+}
+
+async fn write_op(log: &Rc<Log>, file: &Rc<SegmentFile>, op: writer::WriteOp<DmaBuffer>) {
     let (id, pos, len) = (op.id, op.file_pos, op.buf.len());
     let buf = Rc::new(op.buf);
     let result = file.write_at(buf.clone(), pos).await;
@@ -421,14 +525,13 @@ async fn write_one(log: Rc<Log>, file: Rc<SegmentFile>, op: writer::WriteOp<DmaB
 
 /// Creates the segment after `base` in the background, so a roll rarely waits for it.
 fn prepare_next(log: &Rc<Log>, base: u64) {
-    let log = log.clone();
+    let me = log.clone();
     let next = base + log.spec.segment_bytes;
-    glommio::spawn_local(async move {
-        if let Err(e) = segment_file(&log, next).await {
-            tracing::warn!(shard = log.spec.shard, base = next, error = %e, "cannot preallocate segment");
+    log.spawn(async move {
+        if let Err(e) = segment_file(&me, next).await {
+            tracing::warn!(shard = me.spec.shard, base = next, error = %e, "cannot preallocate segment");
         }
-    })
-    .detach();
+    });
 }
 
 /// The segment starting at `base`, created (preallocated, name made durable) once if missing.

@@ -61,7 +61,7 @@ pub enum Step {
 /// Decides what a log's bytes at one position hold: `(avail, offset, seg_left, record_max)`
 /// where `avail` are the bytes from log `offset` on and `seg_left` the bytes to the segment
 /// end. Each log format supplies one; none may panic on any input.
-pub type StepFn = fn(&Bytes, u64, u64, u64) -> Step;
+pub type StepFn = std::rc::Rc<dyn Fn(&Bytes, u64, u64, u64) -> Step>;
 
 /// What to do with a bad entry in a segment that later segments follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +82,7 @@ enum ScanEnd {
 }
 
 struct Scanner<'a> {
-    step: StepFn,
+    step: &'a dyn Fn(&Bytes, u64, u64, u64) -> Step,
     file: &'a SegmentFile,
     base: u64,
     size: u64,
@@ -238,7 +238,7 @@ async fn scan_and_cut(
     for (i, &base) in bases.iter().enumerate() {
         let file = segments[&base].clone();
         let mut scanner = Scanner {
-            step: p.step,
+            step: &*p.step,
             file: &file,
             base,
             size: p.segment_bytes,
@@ -261,7 +261,7 @@ async fn scan_and_cut(
         let later = &bases[i + 1..];
         for &later_base in later.iter().filter(|_| p.sealed == SealedPolicy::Refuse) {
             if segment_has_data(
-                p.step,
+                &*p.step,
                 &segments[&later_base],
                 later_base,
                 p.segment_bytes,
@@ -340,7 +340,7 @@ async fn scan_and_cut(
 }
 
 async fn segment_has_data(
-    step: StepFn,
+    step: &dyn Fn(&Bytes, u64, u64, u64) -> Step,
     file: &SegmentFile,
     base: u64,
     size: u64,

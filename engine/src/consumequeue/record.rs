@@ -1,0 +1,266 @@
+//! ConsumeQueue log records, pure. One log per owner shard holds the entries of every queue
+//! that shard owns, interleaved in the order the owner assigned their queue offsets, plus
+//! watermarks saying how far each source shard's CommitLog has been dispatched. Framed like
+//! CommitLog records (size, magic, CRC, own position) so that the same recovery applies.
+//! Layout: `docs/format.md`, "ConsumeQueue log".
+
+use bytes::Bytes;
+
+use crate::log::recovery::Step;
+use crate::record::{DecodeError, BLANK_LEN_MIN, BLANK_MAGIC, TOPIC_LEN_MAX};
+
+pub const CQ_MAGIC: u32 = 0x534D_5143;
+pub const CQ_HEADER_LEN: usize = 64;
+pub const CQ_RECORD_MAX: usize = CQ_HEADER_LEN + TOPIC_LEN_MAX;
+const KIND_ENTRY: u8 = 1;
+const KIND_WATERMARK: u8 = 2;
+
+/// One queue entry: where the message lies and what a reader filters on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CqEntry {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub source: u16,
+    pub cl_offset: u64,
+    pub size: u32,
+    pub tag_hash: u64,
+    /// Store time (ms); for delayed messages, the due time.
+    pub time_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CqRecord {
+    Entry(CqEntry),
+    /// Every CommitLog record of `source` below `upto` that this shard owns was dispatched
+    /// before this point of the log.
+    Watermark {
+        source: u16,
+        upto: u64,
+    },
+}
+
+pub fn entry_len(topic: &str) -> usize {
+    CQ_HEADER_LEN + topic.len()
+}
+
+pub const WATERMARK_LEN: usize = CQ_HEADER_LEN;
+
+/// Encodes `record` at log `position` into `out` (exactly its length).
+pub fn encode(record: &CqRecord, position: u64, out: &mut [u8]) {
+    out.fill(0);
+    let len = out.len() as u32;
+    out[0..4].copy_from_slice(&len.to_le_bytes());
+    out[4..8].copy_from_slice(&CQ_MAGIC.to_le_bytes());
+    out[16..24].copy_from_slice(&position.to_le_bytes());
+    match record {
+        CqRecord::Entry(e) => {
+            debug_assert_eq!(out.len(), entry_len(&e.topic));
+            out[12] = KIND_ENTRY;
+            out[13] = e.topic.len() as u8;
+            out[14..16].copy_from_slice(&e.source.to_le_bytes());
+            out[24..32].copy_from_slice(&e.queue_offset.to_le_bytes());
+            out[32..40].copy_from_slice(&e.cl_offset.to_le_bytes());
+            out[40..44].copy_from_slice(&e.size.to_le_bytes());
+            out[44..48].copy_from_slice(&e.queue_id.to_le_bytes());
+            out[48..56].copy_from_slice(&e.tag_hash.to_le_bytes());
+            out[56..64].copy_from_slice(&e.time_ms.to_le_bytes());
+            out[64..].copy_from_slice(e.topic.as_bytes());
+        }
+        CqRecord::Watermark { source, upto } => {
+            debug_assert_eq!(out.len(), WATERMARK_LEN);
+            out[12] = KIND_WATERMARK;
+            out[14..16].copy_from_slice(&source.to_le_bytes());
+            out[32..40].copy_from_slice(&upto.to_le_bytes());
+        }
+    }
+    let crc = crc32fast::hash(&out[12..]);
+    out[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Decodes the record at the start of `buf` (at log `position`). `None` for a blank marker.
+pub fn decode(buf: &[u8], position: u64, seg_left: u64) -> Result<Option<CqRecord>, DecodeError> {
+    let truncated = |needed: u64| DecodeError::Truncated {
+        needed,
+        available: buf.len() as u64,
+    };
+    if buf.len() < BLANK_LEN_MIN as usize {
+        return Err(truncated(BLANK_LEN_MIN));
+    }
+    let size = u32_at(buf, 0);
+    let magic = u32_at(buf, 4);
+    if magic == BLANK_MAGIC {
+        return if size as u64 == seg_left {
+            Ok(None)
+        } else {
+            Err(DecodeError::BadSize(size))
+        };
+    }
+    if magic != CQ_MAGIC {
+        return Err(DecodeError::BadMagic(magic));
+    }
+    if (size as usize) < CQ_HEADER_LEN || size as usize > CQ_RECORD_MAX || size as u64 > seg_left {
+        return Err(DecodeError::BadSize(size));
+    }
+    if buf.len() < size as usize {
+        return Err(truncated(size as u64));
+    }
+    let rec = &buf[..size as usize];
+    let (stored, computed) = (u32_at(rec, 8), crc32fast::hash(&rec[12..]));
+    if stored != computed {
+        return Err(DecodeError::BadCrc { stored, computed });
+    }
+    let at = u64_at(rec, 16);
+    if at != position {
+        return Err(DecodeError::OffsetMismatch {
+            stored: at,
+            actual: position,
+        });
+    }
+    let source = u16::from_le_bytes([rec[14], rec[15]]);
+    match rec[12] {
+        KIND_ENTRY => {
+            let topic_len = rec[13] as usize;
+            if CQ_HEADER_LEN + topic_len != size as usize {
+                return Err(DecodeError::Malformed(
+                    "entry size disagrees with its topic",
+                ));
+            }
+            let topic = std::str::from_utf8(&rec[64..])
+                .map_err(|_| DecodeError::Malformed("topic is not UTF-8"))?
+                .to_owned();
+            Ok(Some(CqRecord::Entry(CqEntry {
+                topic,
+                queue_id: u32_at(rec, 44),
+                queue_offset: u64_at(rec, 24),
+                source,
+                cl_offset: u64_at(rec, 32),
+                size: u32_at(rec, 40),
+                tag_hash: u64_at(rec, 48),
+                time_ms: u64_at(rec, 56) as i64,
+            })))
+        }
+        KIND_WATERMARK if size as usize == WATERMARK_LEN => Ok(Some(CqRecord::Watermark {
+            source,
+            upto: u64_at(rec, 32),
+        })),
+        _ => Err(DecodeError::Malformed("unknown ConsumeQueue record kind")),
+    }
+}
+
+/// Recovery's step for the ConsumeQueue log. Entries must also point inside the CommitLog
+/// that survived (`cl_ends[source]`); the first that does not ends the log.
+pub fn scan_step(avail: &Bytes, offset: u64, seg_left: u64, cl_ends: &[u64]) -> Step {
+    if seg_left == 0 {
+        return Step::SegmentFull;
+    }
+    let header = BLANK_LEN_MIN.min(seg_left);
+    if (avail.len() as u64) < header {
+        return Step::Need(header);
+    }
+    if seg_left >= BLANK_LEN_MIN {
+        let (size, magic) = (u32_at(avail, 0), u32_at(avail, 4));
+        if size == 0 && magic == 0 {
+            return Step::Stop(None);
+        }
+        if magic == CQ_MAGIC
+            && size as usize <= CQ_RECORD_MAX
+            && size as u64 <= seg_left
+            && size as usize > avail.len()
+        {
+            return Step::Need(size as u64);
+        }
+    }
+    match decode(avail, offset, seg_left) {
+        Ok(None) => Step::SegmentFull,
+        Ok(Some(CqRecord::Entry(e))) => {
+            let end = e.cl_offset.checked_add(e.size as u64);
+            match cl_ends.get(e.source as usize) {
+                Some(&cl_end) if end.is_some_and(|end| end <= cl_end) => {
+                    Step::Record(entry_len(&e.topic) as u32)
+                }
+                _ => Step::Stop(Some(DecodeError::Malformed(
+                    "entry points past the surviving CommitLog",
+                ))),
+            }
+        }
+        Ok(Some(CqRecord::Watermark { .. })) => Step::Record(WATERMARK_LEN as u32),
+        Err(e) => Step::Stop(Some(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(topic: &str) -> CqEntry {
+        CqEntry {
+            topic: topic.into(),
+            queue_id: 7,
+            queue_offset: 12345,
+            source: 1,
+            cl_offset: 999_999,
+            size: 1100,
+            tag_hash: 0xDEAD_BEEF_0000_0001,
+            time_ms: 1_700_000_000_000,
+        }
+    }
+
+    fn bytes(record: &CqRecord, position: u64) -> Vec<u8> {
+        let len = match record {
+            CqRecord::Entry(e) => entry_len(&e.topic),
+            CqRecord::Watermark { .. } => WATERMARK_LEN,
+        };
+        let mut out = vec![0u8; len];
+        encode(record, position, &mut out);
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(topic in "[a-zA-Z0-9%_-]{1,100}", pos in any::<u64>(), q in any::<u32>(), off in any::<u64>()) {
+            let mut e = entry(&topic);
+            e.queue_id = q;
+            e.queue_offset = off;
+            let r = CqRecord::Entry(e);
+            prop_assert_eq!(decode(&bytes(&r, pos), pos, u64::MAX).unwrap(), Some(r));
+            let w = CqRecord::Watermark { source: 3, upto: off };
+            prop_assert_eq!(decode(&bytes(&w, pos), pos, u64::MAX).unwrap(), Some(w));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(b in proptest::collection::vec(any::<u8>(), 0..400), pos in any::<u64>(), left in any::<u64>()) {
+            let _ = decode(&b, pos, left);
+            let _ = scan_step(&Bytes::from(b), pos, left, &[u64::MAX, 0]);
+        }
+
+        #[test]
+        fn flips_are_detected(at in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut b = bytes(&CqRecord::Entry(entry("t")), 64);
+            let i = at.index(b.len());
+            b[i] ^= 1 << bit;
+            prop_assert!(decode(&b, 64, u64::MAX).is_err());
+        }
+    }
+
+    #[test]
+    fn entry_past_the_commitlog_ends_the_log() {
+        let b = Bytes::from(bytes(&CqRecord::Entry(entry("t")), 0));
+        assert_eq!(scan_step(&b, 0, 1 << 20, &[0, 1_001_099]), Step::Record(65));
+        assert!(matches!(
+            scan_step(&b, 0, 1 << 20, &[0, 1_001_098]),
+            Step::Stop(Some(_))
+        ));
+    }
+}
