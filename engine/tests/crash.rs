@@ -43,11 +43,15 @@ struct Ack {
     seq: u64,
     shard: usize,
     offset: u64,
+    queue_offset: u64,
 }
 
-fn report(writer: u32, seq: u64, shard: usize, offset: u64) {
+fn report(writer: u32, seq: u64, r: &shardmq_engine::PutResult) {
+    let qo = r
+        .queue_offset
+        .expect("a SYNC_FLUSH ack carries its queue offset");
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "ACK {writer} {seq} {shard} {offset}");
+    let _ = writeln!(out, "ACK {writer} {seq} {} {} {qo}", r.shard, r.offset);
     let _ = out.flush();
 }
 
@@ -69,9 +73,7 @@ fn crash_child() {
             drop(store.spawn_on(shard, move || async move {
                 for seq in first_seq.. {
                     match s.put_message(msg(writer, seq)).await {
-                        Ok(r) if r.status == PutStatus::PutOk => {
-                            report(writer, seq, r.shard, r.offset)
-                        }
+                        Ok(r) if r.status == PutStatus::PutOk => report(writer, seq, &r),
                         other => panic!("writer {writer}: {other:?}"),
                     }
                 }
@@ -85,7 +87,7 @@ fn crash_child() {
             for seq in first_seq.. {
                 let r = s.put_message_blocking(msg(writer, seq)).unwrap();
                 assert_eq!(r.status, PutStatus::PutOk);
-                report(writer, seq, r.shard, r.offset);
+                report(writer, seq, &r);
             }
         });
     }
@@ -152,6 +154,7 @@ fn collect(child: &mut Child, want: Option<usize>, acks: &mut Vec<Ack>) -> bool 
                 seq: f[1],
                 shard: f[2] as usize,
                 offset: f[3],
+                queue_offset: f[4],
             });
             seen += 1;
             if Some(seen) == want {
@@ -174,6 +177,52 @@ fn verify(dir: &Path, acks: &[Ack]) {
         );
         assert_eq!(m.topic, format!("crash-{}", a.writer));
         assert_eq!(m.keys(), Some(format!("{}:{}", a.writer, a.seq).as_str()));
+        // Same queue offset as acknowledged, pointing at the same record.
+        let req = shardmq_engine::GetRequest {
+            group: "verify".into(),
+            topic: format!("crash-{}", a.writer),
+            queue_id: a.writer,
+            offset: a.queue_offset,
+            max_messages: 1,
+            max_bytes: 1 << 20,
+            filter: shardmq_engine::TagFilter::All,
+        };
+        let got = futures_lite::future::block_on(store.get_message(req)).unwrap();
+        let q = got
+            .messages
+            .first()
+            .unwrap_or_else(|| panic!("{a:?}: {:?}", got.status));
+        assert_eq!(
+            (q.queue_offset, q.message.physical_offset),
+            (a.queue_offset, a.offset),
+            "{a:?}"
+        );
+    }
+    // Every queue is dense from 0 and holds one entry per surviving record of its writer.
+    for writer in 0..2 * SHARD_WRITERS + THREAD_WRITERS {
+        let topic = format!("crash-{writer}");
+        let Some((min, max)) = futures_lite::future::block_on(store.queue_offsets(&topic, writer))
+        else {
+            continue;
+        };
+        assert_eq!(min, 0);
+        let mut offset = 0;
+        while offset < max {
+            let req = shardmq_engine::GetRequest {
+                group: "verify".into(),
+                topic: topic.clone(),
+                queue_id: writer,
+                offset,
+                max_messages: 512,
+                max_bytes: 64 << 20,
+                filter: shardmq_engine::TagFilter::All,
+            };
+            let got = futures_lite::future::block_on(store.get_message(req)).unwrap();
+            for m in &got.messages {
+                assert_eq!(m.queue_offset, offset);
+                offset += 1;
+            }
+        }
     }
     drop(store);
 }
