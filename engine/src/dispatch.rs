@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::error::PutError;
+use crate::oneshot;
 use crate::store::{PutResult, PutStatus};
 
 #[derive(Debug)]
@@ -39,16 +40,16 @@ pub struct DispatchBatch {
 /// Where a put's answer goes.
 #[derive(Debug)]
 pub enum Sink {
-    One(flume::Sender<Result<PutResult, PutError>>),
-    Batch(flume::Sender<Result<Vec<PutResult>, PutError>>),
+    One(oneshot::Sender<Result<PutResult, PutError>>),
+    Batch(oneshot::Sender<Result<Vec<PutResult>, PutError>>),
 }
 
 impl Sink {
     pub fn fail(self, e: PutError) {
         // A caller that stopped waiting dropped its receiver; nothing to tell it.
         match self {
-            Sink::One(tx) => drop(tx.send(Err(e))),
-            Sink::Batch(tx) => drop(tx.send(Err(e))),
+            Sink::One(tx) => tx.send(Err(e)),
+            Sink::Batch(tx) => tx.send(Err(e)),
         }
     }
 }
@@ -67,11 +68,15 @@ pub struct Collector {
     state: Mutex<State>,
 }
 
-/// One record's share of a put's answer.
+/// One record's share of a put's answer: the whole answer for a single-message put (no
+/// collector needed), else a part of a collector.
 #[derive(Debug)]
-pub struct ReplyPart {
-    collector: Arc<Collector>,
-    index: usize,
+pub enum ReplyPart {
+    Single(PutResult, oneshot::Sender<Result<PutResult, PutError>>),
+    Part {
+        collector: Arc<Collector>,
+        index: usize,
+    },
 }
 
 impl Collector {
@@ -87,7 +92,7 @@ impl Collector {
             }),
         });
         (0..n)
-            .map(|index| ReplyPart {
+            .map(|index| ReplyPart::Part {
                 collector: collector.clone(),
                 index,
             })
@@ -99,12 +104,22 @@ impl ReplyPart {
     /// This record is done: stored with `status` (and its queue offset, when assigned), or
     /// failed. The put is answered when all its records are done; any failure fails it.
     pub fn complete(self, outcome: Result<(PutStatus, Option<u64>), PutError>) {
-        let Ok(mut state) = self.collector.state.lock() else {
+        let (collector, index) = match self {
+            ReplyPart::Single(mut r, tx) => {
+                return tx.send(outcome.map(|(status, queue_offset)| {
+                    r.status = status;
+                    r.queue_offset = queue_offset;
+                    r
+                }));
+            }
+            ReplyPart::Part { collector, index } => (collector, index),
+        };
+        let Ok(mut state) = collector.state.lock() else {
             return;
         };
         match outcome {
             Ok((status, queue_offset)) => {
-                let r = &mut state.results[self.index];
+                let r = &mut state.results[index];
                 r.status = status;
                 r.queue_offset = queue_offset;
             }
@@ -123,9 +138,9 @@ impl ReplyPart {
         match (state.error.take(), sink) {
             (Some(e), sink) => sink.fail(e),
             (None, Sink::One(tx)) => {
-                drop(tx.send(results.into_iter().next().ok_or(PutError::ShuttingDown)))
+                tx.send(results.into_iter().next().ok_or(PutError::ShuttingDown))
             }
-            (None, Sink::Batch(tx)) => drop(tx.send(Ok(results))),
+            (None, Sink::Batch(tx)) => tx.send(Ok(results)),
         }
     }
 }
@@ -147,7 +162,7 @@ mod tests {
 
     #[test]
     fn batch_answers_after_last_part_in_order() {
-        let (tx, rx) = flume::bounded(1);
+        let (tx, rx) = oneshot::channel();
         let parts = Collector::split(vec![result(0), result(10), result(20)], Sink::Batch(tx));
         let mut parts = parts.into_iter().rev();
         parts
@@ -158,12 +173,14 @@ mod tests {
             .next()
             .unwrap()
             .complete(Ok((PutStatus::FlushDiskTimeout, None)));
-        assert!(rx.try_recv().is_err(), "not before the last part");
+        let mut rx = Box::pin(rx);
+        let early = futures_lite::future::block_on(futures_lite::future::poll_once(rx.as_mut()));
+        assert!(early.is_none(), "not before the last part");
         parts
             .next()
             .unwrap()
             .complete(Ok((PutStatus::PutOk, Some(3))));
-        let got = rx.try_recv().unwrap().unwrap();
+        let got = futures_lite::future::block_on(rx).unwrap().unwrap();
         assert_eq!(
             got.iter().map(|r| r.queue_offset).collect::<Vec<_>>(),
             vec![Some(3), None, Some(7)]
@@ -173,13 +190,16 @@ mod tests {
 
     #[test]
     fn any_failure_fails_the_put() {
-        let (tx, rx) = flume::bounded(1);
+        let (tx, rx) = oneshot::channel();
         let mut parts = Collector::split(vec![result(0), result(10)], Sink::Batch(tx)).into_iter();
         parts.next().unwrap().complete(Err(PutError::ShuttingDown));
         parts
             .next()
             .unwrap()
             .complete(Ok((PutStatus::PutOk, Some(1))));
-        assert_eq!(rx.try_recv().unwrap(), Err(PutError::ShuttingDown));
+        assert_eq!(
+            futures_lite::future::block_on(rx),
+            Some(Err(PutError::ShuttingDown))
+        );
     }
 }

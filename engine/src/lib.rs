@@ -28,6 +28,7 @@ pub mod io;
 pub mod log;
 pub mod meta;
 pub mod msgid;
+mod oneshot;
 pub mod record;
 pub mod runtime;
 mod shard;

@@ -38,6 +38,32 @@ pub fn fnv1a64(chunks: &[&[u8]]) -> u64 {
     h
 }
 
+/// FNV-1a as a `Hasher`, for maps keyed by topic on hot paths (SipHash costs more than the
+/// rest of a ConsumeQueue append; the keys are not attacker-chosen to flood one bucket in a
+/// way that matters more than their own queue).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+pub type FnvBuild = std::hash::BuildHasherDefault<Fnv>;
+
 /// The shard owning `(topic, queue_id)` in a store of `shards` shards.
 pub fn queue_shard(topic: &str, queue_id: u32, shards: usize) -> usize {
     debug_assert!(shards > 0);

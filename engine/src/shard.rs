@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{FlushMode, StoreConfig};
 use crate::consumequeue::read::ClReader;
 use crate::consumequeue::ConsumeQueues;
-use crate::dispatch::{Collector, DispatchBatch, DispatchRecord, Sink};
+use crate::dispatch::{Collector, DispatchBatch, DispatchRecord, ReplyPart, Sink};
 use crate::error::PutError;
 use crate::filter::tag_hash;
 use crate::log::recovery::SealedPolicy;
@@ -25,6 +25,28 @@ use crate::meta::queue_shard;
 use crate::record::{self, encoded_len, MessageInput, StoreStamp};
 use crate::store::{PutResult, PutStatus};
 use crate::waiters::LocalEvent;
+
+/// The messages of one put call.
+pub enum Puts {
+    One(MessageInput),
+    Many(Vec<MessageInput>),
+}
+
+impl Puts {
+    pub fn first(&self) -> &MessageInput {
+        match self {
+            Puts::One(m) => m,
+            Puts::Many(ms) => &ms[0],
+        }
+    }
+
+    pub fn as_slice(&self) -> &[MessageInput] {
+        match self {
+            Puts::One(m) => std::slice::from_ref(m),
+            Puts::Many(ms) => ms,
+        }
+    }
+}
 
 struct Pending {
     end: u64,
@@ -149,11 +171,11 @@ impl Shard {
             .collect()
     }
 
-    /// Appends a batch contiguously; `sink` is answered once every record is acknowledged.
-    /// Nothing is appended (and the sink is failed) if any message is invalid or the write
-    /// buffer is full.
-    pub fn put(&self, msgs: Vec<MessageInput>, sink: Sink) {
-        let sizes = match self.check_open().and_then(|()| self.sizes(&msgs)) {
+    /// Appends a put's messages contiguously; `sink` is answered once every record is
+    /// acknowledged. Nothing is appended (and the sink is failed) if any message is invalid or
+    /// the write buffer is full.
+    pub fn put(&self, msgs: Puts, sink: Sink) {
+        let sizes = match self.check_open().and_then(|()| self.sizes(msgs.as_slice())) {
             Ok(s) => s,
             Err(e) => return sink.fail(e),
         };
@@ -166,47 +188,71 @@ impl Shard {
         let deadline = self
             .dispatch_on_flush()
             .then(|| Instant::now() + self.config.sync_flush_timeout());
-        let mut results = Vec::with_capacity(msgs.len());
-        let mut records = Vec::with_capacity(msgs.len());
-        for (msg, &len) in msgs.iter().zip(&sizes) {
-            let offset = self.cl.append(len, |offset, out| {
-                let stamp = StoreStamp {
-                    physical_offset: offset,
-                    store_timestamp_ms: now_ms,
-                    store_host: self.store_host,
-                };
-                record::encode(msg, &stamp, out);
-            });
-            results.push(PutResult {
-                status: PutStatus::PutOk,
-                shard: self.id,
-                offset,
-                size: len as u32,
-                store_timestamp_ms: now_ms,
-                queue_offset: None,
-            });
-            records.push(DispatchRecord {
-                topic: msg.topic.clone(),
-                queue_id: msg.queue_id,
-                source: self.id as u16,
-                cl_offset: offset,
-                size: len as u32,
-                tag_hash: tag_hash(msg.tags.as_deref()),
-                store_timestamp_ms: now_ms,
-                deadline,
-                reply: None,
-            });
+        match (msgs, sink) {
+            (Puts::One(msg), Sink::One(tx)) => {
+                let (result, mut record) = self.append(&msg, sizes[0], now_ms, deadline);
+                record.reply = Some(ReplyPart::Single(result, tx));
+                self.pending.borrow_mut().push_back(Pending {
+                    end: record.cl_offset + record.size as u64,
+                    record,
+                });
+            }
+            (msgs, sink) => {
+                let mut results = Vec::with_capacity(sizes.len());
+                let mut records = Vec::with_capacity(sizes.len());
+                for (msg, &len) in msgs.as_slice().iter().zip(&sizes) {
+                    let (result, record) = self.append(msg, len, now_ms, deadline);
+                    results.push(result);
+                    records.push(record);
+                }
+                let mut pending = self.pending.borrow_mut();
+                for (mut record, part) in records.into_iter().zip(Collector::split(results, sink)) {
+                    record.reply = Some(part);
+                    pending.push_back(Pending {
+                        end: record.cl_offset + record.size as u64,
+                        record,
+                    });
+                }
+            }
         }
-        let mut pending = self.pending.borrow_mut();
-        for (mut record, part) in records.into_iter().zip(Collector::split(results, sink)) {
-            record.reply = Some(part);
-            pending.push_back(Pending {
-                end: record.cl_offset + record.size as u64,
-                record,
-            });
-        }
-        drop(pending);
         self.cl.kick();
+    }
+
+    fn append(
+        &self,
+        msg: &MessageInput,
+        len: usize,
+        now_ms: i64,
+        deadline: Option<Instant>,
+    ) -> (PutResult, DispatchRecord) {
+        let offset = self.cl.append(len, |offset, out| {
+            let stamp = StoreStamp {
+                physical_offset: offset,
+                store_timestamp_ms: now_ms,
+                store_host: self.store_host,
+            };
+            record::encode(msg, &stamp, out);
+        });
+        let result = PutResult {
+            status: PutStatus::PutOk,
+            shard: self.id,
+            offset,
+            size: len as u32,
+            store_timestamp_ms: now_ms,
+            queue_offset: None,
+        };
+        let record = DispatchRecord {
+            topic: msg.topic.clone(),
+            queue_id: msg.queue_id,
+            source: self.id as u16,
+            cl_offset: offset,
+            size: len as u32,
+            tag_hash: tag_hash(msg.tags.as_deref()),
+            store_timestamp_ms: now_ms,
+            deadline,
+            reply: None,
+        };
+        (result, record)
     }
 
     /// Sends every pending record the CommitLog's progress covers to its owner.

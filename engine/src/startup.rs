@@ -53,6 +53,8 @@ pub struct ShardThread {
     pub config: Arc<StoreConfig>,
     pub store_host: SocketAddr,
     pub shared: Arc<Vec<Arc<LogShared>>>,
+    /// This shard's ConsumeQueue log's published offsets.
+    pub cq_shared: Arc<LogShared>,
     pub requests: flume::Receiver<Request>,
     pub ctl: flume::Receiver<Ctl>,
     pub init: flume::Sender<Init>,
@@ -140,7 +142,7 @@ async fn bring_up(t: &ShardThread, cl: &Rc<Log>) -> Option<Rc<ConsumeQueues>> {
     let Ok(Ctl::ClEnds(ends)) = t.ctl.recv_async().await else {
         return None;
     };
-    let cqs = match ConsumeQueues::open(id, &t.config, ends.clone()).await {
+    let cqs = match ConsumeQueues::open(id, &t.config, ends.clone(), t.cq_shared.clone()).await {
         Ok((cqs, report)) => {
             let marks = cqs.marks.borrow().clone();
             let _ = t.init.send(Init::Cq(id, Ok((report, marks))));
@@ -273,7 +275,7 @@ async fn serve(
             Request::Put(msgs, sink) => {
                 // Off-shard callers wait for room rather than get `Busy`: the bounded channel
                 // already pushes back on them.
-                let bytes = shard.sizes(&msgs).map_or(0, |s| s.iter().sum());
+                let bytes = shard.sizes(msgs.as_slice()).map_or(0, |s| s.iter().sum());
                 loop {
                     let generation = shard.cl.progress.generation();
                     if shard.stopped() || shard.cl.has_room(bytes) {

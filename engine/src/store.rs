@@ -18,8 +18,10 @@ use crate::error::{io_context, OpenError, PutError, ReadError, ShutdownError};
 use crate::log::recovery::RecoveryReport;
 use crate::log::LogShared;
 use crate::meta::{self, DirLock, Meta};
+use crate::oneshot;
 use crate::record::{MessageInput, StoredMessage};
 use crate::runtime;
+use crate::shard::Puts;
 use crate::shard::Shard;
 use crate::startup::{run_shard, Ctl, Init, ShardThread};
 
@@ -56,7 +58,7 @@ type ShutdownPhase = fn(flume::Sender<Result<(), String>>) -> Request;
 
 /// What other threads ask a shard.
 pub(crate) enum Request {
-    Put(Vec<MessageInput>, Sink),
+    Put(Puts, Sink),
     Read(usize, u64, flume::Sender<Result<StoredMessage, ReadError>>),
     Get(GetRequest, flume::Sender<Result<GetResult, ReadError>>),
     Offsets(String, u32, flume::Sender<Option<(u64, u64)>>),
@@ -70,6 +72,7 @@ pub(crate) enum Request {
 struct ShardHandle {
     tx: flume::Sender<Request>,
     shared: Arc<LogShared>,
+    cq_shared: Arc<LogShared>,
 }
 
 struct Inner {
@@ -141,6 +144,7 @@ impl Store {
         for (shard, intake) in intakes.into_iter().enumerate() {
             let (tx, rx) = flume::bounded(SHARD_REQUESTS_MAX);
             let (ctl_tx, ctl_rx) = flume::unbounded();
+            let cq_shared = Arc::new(LogShared::default());
             let placement = if config.pin_shards && cpus.len() >= shards {
                 Placement::Fixed(cpus[shard])
             } else {
@@ -155,6 +159,7 @@ impl Store {
                 config: config.clone(),
                 store_host: config.store_host,
                 shared: shared.clone(),
+                cq_shared: cq_shared.clone(),
                 requests: rx,
                 ctl: ctl_rx,
                 init: init_tx.clone(),
@@ -172,6 +177,7 @@ impl Store {
             handles.push(ShardHandle {
                 tx,
                 shared: shared[shard].clone(),
+                cq_shared,
             });
             ctls.push(ctl_tx);
         }
@@ -237,6 +243,15 @@ impl Store {
         ))
     }
 
+    /// Shard `shard`'s ConsumeQueue log: written and flushed offsets (its size in bytes).
+    pub fn consume_queue_offsets(&self, shard: usize) -> Option<(u64, u64)> {
+        let s = &self.inner.shards.get(shard)?.cq_shared;
+        Some((
+            s.written.load(Ordering::Acquire),
+            s.flushed.load(Ordering::Acquire),
+        ))
+    }
+
     /// The shard the calling thread runs, if it is one of this store's shard threads.
     pub fn current_shard(&self) -> Option<usize> {
         local_shard(self.inner.id).map(|s| s.id())
@@ -250,11 +265,11 @@ impl Store {
         &self,
         msg: MessageInput,
     ) -> impl Future<Output = Result<PutResult, PutError>> + Send + 'static {
-        let (tx, rx) = flume::bounded(1);
-        let submitted = self.submit(vec![msg], Sink::One(tx));
+        let (tx, rx) = oneshot::channel();
+        let submitted = self.submit(Puts::One(msg), Sink::One(tx));
         async move {
             submitted?.send().await?;
-            rx.recv_async().await.unwrap_or(Err(PutError::ShuttingDown))
+            rx.await.unwrap_or(Err(PutError::ShuttingDown))
         }
     }
 
@@ -264,19 +279,19 @@ impl Store {
         &self,
         msgs: Vec<MessageInput>,
     ) -> impl Future<Output = Result<Vec<PutResult>, PutError>> + Send + 'static {
-        let (tx, rx) = flume::bounded(1);
+        let (tx, rx) = oneshot::channel();
         let empty = msgs.is_empty();
         let submitted = if empty {
             Ok(Submitted::Done)
         } else {
-            self.submit(msgs, Sink::Batch(tx))
+            self.submit(Puts::Many(msgs), Sink::Batch(tx))
         };
         async move {
             if empty {
                 return Ok(Vec::new());
             }
             submitted?.send().await?;
-            rx.recv_async().await.unwrap_or(Err(PutError::ShuttingDown))
+            rx.await.unwrap_or(Err(PutError::ShuttingDown))
         }
     }
 
@@ -288,16 +303,17 @@ impl Store {
         futures_lite::future::block_on(self.put_message(msg))
     }
 
-    fn submit(&self, msgs: Vec<MessageInput>, sink: Sink) -> Result<Submitted, PutError> {
+    fn submit(&self, msgs: Puts, sink: Sink) -> Result<Submitted, PutError> {
         if let Some(shard) = local_shard(self.inner.id) {
             shard.put(msgs, sink);
             return Ok(Submitted::Done);
         }
-        let owner = self.queue_shard(&msgs[0].topic, msgs[0].queue_id);
+        let first = msgs.first();
+        let owner = self.queue_shard(&first.topic, first.queue_id);
         let tx = &self.inner.shards[owner].tx;
         match tx.try_send(Request::Put(msgs, sink)) {
             Ok(()) => Ok(Submitted::Done),
-            Err(flume::TrySendError::Full(req)) => Ok(Submitted::Queue(tx.clone(), req)),
+            Err(flume::TrySendError::Full(req)) => Ok(Submitted::Queue(tx.clone(), Box::new(req))),
             Err(flume::TrySendError::Disconnected(_)) => Err(PutError::ShuttingDown),
         }
     }
@@ -355,7 +371,9 @@ impl Store {
             None => None,
             Some(s) => match s.tx.try_send(Request::Run(job)) {
                 Ok(()) => Some(Submitted::Done),
-                Err(flume::TrySendError::Full(req)) => Some(Submitted::Queue(s.tx.clone(), req)),
+                Err(flume::TrySendError::Full(req)) => {
+                    Some(Submitted::Queue(s.tx.clone(), Box::new(req)))
+                }
                 Err(flume::TrySendError::Disconnected(_)) => None,
             },
         };
@@ -473,16 +491,18 @@ impl Store {
 
 enum Submitted {
     Done,
-    Queue(flume::Sender<Request>, Request),
+    /// The shard's queue was full: send when polled (rare, so boxed).
+    Queue(flume::Sender<Request>, Box<Request>),
 }
 
 impl Submitted {
     async fn send(self) -> Result<(), PutError> {
         match self {
             Submitted::Done => Ok(()),
-            Submitted::Queue(tx, req) => {
-                tx.send_async(req).await.map_err(|_| PutError::ShuttingDown)
-            }
+            Submitted::Queue(tx, req) => tx
+                .send_async(*req)
+                .await
+                .map_err(|_| PutError::ShuttingDown),
         }
     }
 }

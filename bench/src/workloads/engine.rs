@@ -8,8 +8,10 @@
 //! producers' start to the last acknowledgement; under ASYNC_FLUSH it ends with one
 //! `fdatasync` per shard (`shutdown`), included, like the disk mode's final flush.
 //!
-//! `bytes` counts message bodies (`--size` each); `params.log_bytes` is what the log holds
-//! (bodies plus record headers and topics).
+//! `bytes` counts message bodies (`--size` each); `params.log_bytes` is what the CommitLogs
+//! hold (bodies plus record headers and topics), `params.consume_queue_bytes` what the
+//! ConsumeQueue logs hold. The run ends when every queue holds every entry and its log is
+//! flushed (the store's shutdown).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -130,9 +132,15 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         .filter_map(|s| store.offsets(s))
         .map(|(w, _)| w)
         .sum();
+    let handle = store.clone();
     futures_lite::future::block_on(store.shutdown())
         .map_err(|e| BenchError::Engine(e.to_string()))?;
     let elapsed = start.elapsed();
+    // Shutdown returned once every queue held every entry and its log was flushed.
+    let cq_bytes: u64 = (0..handle.shards())
+        .filter_map(|s| handle.consume_queue_offsets(s))
+        .map(|(_, flushed)| flushed)
+        .sum();
     let device_flushes = flushes.finish();
     let mut report = Report::new(
         if args.flush == FlushMode::Sync {
@@ -157,6 +165,8 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         .param("write_chunk_bytes", store_chunk)
         .param("writes_in_flight_max", store_writes)
         .param("log_bytes", log_bytes)
+        .param("consume_queue_bytes", cq_bytes)
+        .param("queues", args.queues)
         .param("flush_disk_timeouts", timeouts)
         .param("latency", "put call to acknowledgement")
         .param("timed", "producers start .. last ack + shutdown flush");

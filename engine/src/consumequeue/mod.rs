@@ -23,6 +23,7 @@ use crate::dispatch::{DispatchBatch, DispatchRecord, ReplyPart};
 use crate::error::{PutError, RecoveryError};
 use crate::log::recovery::{RecoveryReport, SealedPolicy, Step};
 use crate::log::{FlushPolicy, Log, LogShared, LogSpec};
+use crate::meta::FnvBuild;
 use crate::store::PutStatus;
 use record::{CqEntry, CqRecord};
 
@@ -90,7 +91,7 @@ pub struct ConsumeQueues {
     pub shard: usize,
     acks_on_flush: bool,
     pub cq: Rc<Log>,
-    pub queues: RefCell<HashMap<String, BTreeMap<u32, Queue>>>,
+    pub queues: RefCell<HashMap<String, BTreeMap<u32, Queue>, FnvBuild>>,
     pending: RefCell<VecDeque<PendingAck>>,
     /// Per source shard: its CommitLog below this is wholly in this log (entries or skipped).
     pub marks: RefCell<Vec<u64>>,
@@ -136,10 +137,10 @@ impl ConsumeQueues {
         id: usize,
         config: &StoreConfig,
         cl_ends: Vec<u64>,
+        shared: Arc<LogShared>,
     ) -> Result<(Rc<ConsumeQueues>, RecoveryReport), RecoveryError> {
         let shards = cl_ends.len();
-        let (cq, report) =
-            Log::open(spec(id, config, cl_ends), Arc::new(LogShared::default())).await?;
+        let (cq, report) = Log::open(spec(id, config, cl_ends), shared).await?;
         let cqs = Rc::new(ConsumeQueues {
             shard: id,
             acks_on_flush: config.flush_mode == FlushMode::Sync,
