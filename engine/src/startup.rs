@@ -243,11 +243,15 @@ async fn catch_up(cqs: &Rc<ConsumeQueues>, batches: Vec<DispatchBatch>) -> Resul
                 records: chunk,
             };
             let need = ConsumeQueues::batch_bytes(&part);
-            while !cqs.cq.has_room(need) {
+            loop {
+                let generation = cqs.cq.progress.generation();
                 if let Some(reason) = cqs.cq.failure() {
                     return Err(reason);
                 }
-                cqs.cq.drain().await?;
+                if cqs.cq.has_room(need) {
+                    break;
+                }
+                cqs.cq.progress.wait_past(generation).await;
             }
             cqs.apply(part);
             if last {

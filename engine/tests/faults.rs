@@ -162,9 +162,14 @@ fn injected_error_run(fail_write: bool) {
         }
         _ => unreachable!(),
     };
+    // Whether its CommitLog or its ConsumeQueue log failed, a put appended on that shard to a
+    // queue it owns must fail.
+    let queue = (0..)
+        .find(|&q| store.queue_shard("faults", q) == shard)
+        .unwrap();
     let s = store.clone();
     let again = futures_lite::future::block_on(store.spawn_on(shard, move || async move {
-        s.put_message(msg(99, 0)).await
+        s.put_message(msg(queue, 0)).await
     }))
     .unwrap();
     assert!(

@@ -213,8 +213,18 @@ impl Log {
     }
 
     /// Whether `bytes` more fit the write buffer now.
+    ///
+    /// Under group commit the bytes not yet flushed count too: everything appended and not
+    /// durable is held (with its waiting puts) until a flush covers it, so a stalled device
+    /// pushes back instead of growing memory. Anything fits an empty buffer, so a caller
+    /// never waits forever for room it can never get.
     pub fn has_room(&self, bytes: usize) -> bool {
-        self.planner.borrow().pending_bytes() + bytes as u64 <= self.spec.buffer_max_bytes as u64
+        let planner = self.planner.borrow();
+        let held = match self.spec.flush {
+            FlushPolicy::Group => planner.append_offset() - self.flushed.get(),
+            FlushPolicy::Interval { .. } => planner.pending_bytes(),
+        };
+        held == 0 || held + bytes as u64 <= self.spec.buffer_max_bytes as u64
     }
 
     /// Appends a record of `len` bytes that `encode` fills given its offset; returns the
