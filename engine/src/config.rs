@@ -154,15 +154,11 @@ impl StoreConfig {
     /// Checks the knobs against each other. Called by `Store::open`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
-        if self.segment_size_bytes < SEGMENT_SIZE_MIN_BYTES
-            || self.segment_size_bytes % BLOCK_BYTES != 0
-        {
-            return bad(format!(
-                "segment_size_bytes = {} must be a multiple of {BLOCK_BYTES} and at least \
-                 {SEGMENT_SIZE_MIN_BYTES}",
-                self.segment_size_bytes
-            ));
-        }
+        check_segment("segment_size_bytes", self.segment_size_bytes)?;
+        check_segment(
+            "consume_queue_segment_bytes",
+            self.consume_queue_segment_bytes,
+        )?;
         if self.message_size_max_bytes as u64 + crate::record::BLANK_LEN_MIN
             > self.segment_size_bytes
         {
@@ -187,15 +183,6 @@ impl StoreConfig {
                 self.message_size_max_bytes + self.write_chunk_bytes
             ));
         }
-        if self.consume_queue_segment_bytes < SEGMENT_SIZE_MIN_BYTES
-            || self.consume_queue_segment_bytes % BLOCK_BYTES != 0
-        {
-            return bad(format!(
-                "consume_queue_segment_bytes = {} must be a multiple of {BLOCK_BYTES} and at least \
-                 {SEGMENT_SIZE_MIN_BYTES}",
-                self.consume_queue_segment_bytes
-            ));
-        }
         if self.writes_in_flight_max == 0 {
             return bad("writes_in_flight_max must be at least 1".into());
         }
@@ -211,6 +198,15 @@ impl StoreConfig {
     pub(crate) fn sync_flush_timeout(&self) -> Duration {
         Duration::from_millis(self.sync_flush_timeout_ms)
     }
+}
+
+fn check_segment(name: &str, bytes: u64) -> Result<(), ConfigError> {
+    if bytes < SEGMENT_SIZE_MIN_BYTES || bytes % BLOCK_BYTES != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "{name} = {bytes} must be a multiple of {BLOCK_BYTES} and at least {SEGMENT_SIZE_MIN_BYTES}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use bytes::{Buf, Bytes};
 
-use crate::log::recovery::Step;
+use crate::log::recovery::{frame_step, Step};
 use thiserror::Error;
 
 /// Magic of a message record (format version 1).
@@ -458,27 +458,8 @@ fn decode_properties(mut bytes: &[u8]) -> Result<Vec<(String, String)>, DecodeEr
 /// Recovery's step for the CommitLog: what `avail` (the bytes from physical `offset` on,
 /// `seg_left` to the segment end) holds. Never panics on any input.
 pub fn scan_step(avail: &Bytes, offset: u64, seg_left: u64, record_max: u64) -> Step {
-    if seg_left == 0 {
-        return Step::SegmentFull;
-    }
-    let header = BLANK_LEN_MIN.min(seg_left);
-    if (avail.len() as u64) < header {
-        return Step::Need(header);
-    }
-    if seg_left >= BLANK_LEN_MIN {
-        let size = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]);
-        let magic = u32::from_le_bytes([avail[4], avail[5], avail[6], avail[7]]);
-        if size == 0 && magic == 0 {
-            return Step::Stop(None);
-        }
-        if magic == MESSAGE_MAGIC {
-            if size as u64 > record_max {
-                return Step::Stop(Some(DecodeError::BadSize(size)));
-            }
-            if size as u64 <= seg_left && size as usize > avail.len() {
-                return Step::Need(size as u64);
-            }
-        }
+    if let Some(step) = frame_step(avail, seg_left, MESSAGE_MAGIC, record_max) {
+        return step;
     }
     match decode(avail, offset, seg_left) {
         Ok(Entry::Message(m)) => Step::Record(m.total_size),

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 
-use crate::log::recovery::Step;
+use crate::log::recovery::{frame_step, Step};
 use crate::record::{DecodeError, BLANK_LEN_MIN, BLANK_MAGIC, TOPIC_LEN_MAX};
 
 pub const CQ_MAGIC: u32 = 0x534D_5143;
@@ -161,25 +161,8 @@ pub fn decode(buf: &[u8], position: u64, seg_left: u64) -> Result<Option<CqRecor
 /// Recovery's step for the ConsumeQueue log. Entries must also point inside the CommitLog
 /// that survived (`cl_ends[source]`); the first that does not ends the log.
 pub fn scan_step(avail: &Bytes, offset: u64, seg_left: u64, cl_ends: &[u64]) -> Step {
-    if seg_left == 0 {
-        return Step::SegmentFull;
-    }
-    let header = BLANK_LEN_MIN.min(seg_left);
-    if (avail.len() as u64) < header {
-        return Step::Need(header);
-    }
-    if seg_left >= BLANK_LEN_MIN {
-        let (size, magic) = (u32_at(avail, 0), u32_at(avail, 4));
-        if size == 0 && magic == 0 {
-            return Step::Stop(None);
-        }
-        if magic == CQ_MAGIC
-            && size as usize <= CQ_RECORD_MAX
-            && size as u64 <= seg_left
-            && size as usize > avail.len()
-        {
-            return Step::Need(size as u64);
-        }
+    if let Some(step) = frame_step(avail, seg_left, CQ_MAGIC, CQ_RECORD_MAX as u64) {
+        return step;
     }
     match decode(avail, offset, seg_left) {
         Ok(None) => Step::SegmentFull,

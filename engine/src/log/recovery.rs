@@ -16,7 +16,7 @@ use crate::config::BLOCK_BYTES;
 use crate::error::RecoveryError;
 use crate::io::{FaultPlan, SegmentFile};
 use crate::log::segment::{self, create_segment, list_segments, open_segment};
-use crate::record::DecodeError;
+use crate::record::{DecodeError, BLANK_LEN_MIN};
 
 /// Bytes read at once while scanning.
 const SCAN_WINDOW_BYTES: u64 = 1 << 20;
@@ -62,6 +62,36 @@ pub enum Step {
 /// where `avail` are the bytes from log `offset` on and `seg_left` the bytes to the segment
 /// end. Each log format supplies one; none may panic on any input.
 pub type StepFn = std::rc::Rc<dyn Fn(&Bytes, u64, u64, u64) -> Step>;
+
+/// The checks every framed format shares (size, magic, then the rest): the end of a segment,
+/// a header not yet read, clean zeroes, a claimed size over the limit, and a whole record not
+/// yet read. `None` means the record is whole in `avail` and the format decodes it.
+pub fn frame_step(avail: &Bytes, seg_left: u64, magic: u32, record_max: u64) -> Option<Step> {
+    if seg_left == 0 {
+        return Some(Step::SegmentFull);
+    }
+    let header = BLANK_LEN_MIN.min(seg_left);
+    if (avail.len() as u64) < header {
+        return Some(Step::Need(header));
+    }
+    if seg_left < BLANK_LEN_MIN {
+        return None;
+    }
+    let size = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]);
+    let found = u32::from_le_bytes([avail[4], avail[5], avail[6], avail[7]]);
+    if size == 0 && found == 0 {
+        return Some(Step::Stop(None));
+    }
+    if found == magic {
+        if size as u64 > record_max {
+            return Some(Step::Stop(Some(DecodeError::BadSize(size))));
+        }
+        if size as u64 <= seg_left && size as usize > avail.len() {
+            return Some(Step::Need(size as u64));
+        }
+    }
+    None
+}
 
 /// What to do with a bad entry in a segment that later segments follow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
