@@ -6,7 +6,9 @@
 //! awaits them oldest first. Latency = from the put call to its acknowledgement: the write
 //! (ASYNC_FLUSH) or the covering fdatasync (SYNC_FLUSH). The timed region runs from the
 //! producers' start to the last acknowledgement; under ASYNC_FLUSH it ends with one
-//! `fdatasync` per shard (`shutdown`), included, like the disk mode's final flush.
+//! `fdatasync` per shard (`shutdown`), included, like the disk mode's final flush; with
+//! `--tail-readers`, the time the readers take to finish after the producers stopped is left
+//! out of it (it is in the read rate).
 //!
 //! `bytes` counts message bodies (`--size` each); `params.log_bytes` is what the CommitLogs
 //! hold (bodies plus record headers and topics), `params.consume_queue_bytes` what the
@@ -18,7 +20,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
-use shardmq_engine::{FlushMode, MessageInput, PutStatus, Store, StoreConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use shardmq_engine::{
+    FlushMode, GetRequest, GetStatus, MessageInput, PutStatus, Store, StoreConfig, TagFilter,
+};
 
 use crate::device::{BlockDevice, FlushCounter};
 use crate::error::BenchError;
@@ -51,6 +58,10 @@ pub struct EngineArgs {
     /// Queues per topic the producers cycle through (one topic).
     #[arg(long, default_value_t = 8)]
     pub queues: u32,
+    /// Tailing readers (tasks on the shards) reading every queue while the appends run; the
+    /// report adds their read rate and the largest lag (messages behind a queue's max) seen.
+    #[arg(long, default_value_t = 0)]
+    pub tail_readers: u32,
     /// CommitLog segment size.
     #[arg(long, value_parser = parse_size, default_value = "1G")]
     pub segment: u64,
@@ -117,6 +128,18 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
             produce(s, p, n, inflight as usize, body, queues)
         }));
     }
+    let producing = Arc::new(AtomicBool::new(true));
+    let readers: Vec<_> = (0..args.tail_readers)
+        .map(|r| {
+            let (s, flag) = (store.clone(), producing.clone());
+            let mine: Vec<u32> = (0..args.queues.max(1))
+                .filter(|q| q % args.tail_readers == r)
+                .collect();
+            store.spawn_on(r as usize % args.shards as usize, move || {
+                tail(s, mine, flag)
+            })
+        })
+        .collect();
     let mut hist = latency_histogram();
     let (mut done, mut errors, mut timeouts) = (0, 0, 0);
     for t in tasks {
@@ -128,14 +151,27 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         errors += r.errors;
         timeouts += r.timeouts;
     }
+    let produced = start.elapsed();
+    producing.store(false, Ordering::Release);
+    let (mut read, mut max_lag) = (0u64, 0u64);
+    for r in readers {
+        let (n, lag) = futures_lite::future::block_on(r)
+            .ok_or_else(|| BenchError::Engine("a shard stopped".into()))?;
+        read += n;
+        max_lag = max_lag.max(lag);
+    }
+    let read_seconds = start.elapsed().as_secs_f64();
     let log_bytes: u64 = (0..store.shards())
         .filter_map(|s| store.offsets(s))
         .map(|(w, _)| w)
         .sum();
     let handle = store.clone();
+    let closing = Instant::now();
     futures_lite::future::block_on(store.shutdown())
         .map_err(|e| BenchError::Engine(e.to_string()))?;
-    let elapsed = start.elapsed();
+    // Appends and the final flush; the time readers took to drain after the producers
+    // stopped is not the appends' (it is in the read rate).
+    let elapsed = produced + closing.elapsed();
     // Shutdown returned once every queue held every entry and its log was flushed.
     let cq_bytes: u64 = (0..handle.shards())
         .filter_map(|s| handle.consume_queue_offsets(s))
@@ -166,6 +202,17 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         .param("writes_in_flight_max", store_writes)
         .param("log_bytes", log_bytes)
         .param("consume_queue_bytes", cq_bytes)
+        .param("tail_readers", args.tail_readers)
+        .param("tail_read_messages", read)
+        .param(
+            "tail_read_msgs_per_s",
+            if args.tail_readers > 0 {
+                read as f64 / read_seconds
+            } else {
+                0.0
+            },
+        )
+        .param("tail_max_lag_messages", max_lag)
         .param("queues", args.queues)
         .param("flush_disk_timeouts", timeouts)
         .param("latency", "put call to acknowledgement")
@@ -174,6 +221,50 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         report.param("device", dev.name.clone());
     }
     Ok(report)
+}
+
+/// Reads `queues` from offset 0 as they grow, until the producers are done and every queue
+/// is read to its end. Returns (messages read, largest lag seen).
+async fn tail(store: Store, queues: Vec<u32>, producing: Arc<AtomicBool>) -> (u64, u64) {
+    let mut offsets = vec![0u64; queues.len()];
+    let (mut read, mut max_lag) = (0u64, 0u64);
+    loop {
+        let finishing = !producing.load(Ordering::Acquire);
+        let mut progressed = false;
+        for (i, &queue) in queues.iter().enumerate() {
+            let req = GetRequest {
+                group: "bench-tail".into(),
+                topic: "bench".into(),
+                queue_id: queue,
+                offset: offsets[i],
+                max_messages: 256,
+                max_bytes: 4 << 20,
+                filter: TagFilter::All,
+            };
+            let Ok(got) = store.get_message(req).await else {
+                return (read, max_lag);
+            };
+            if got.status == GetStatus::NoMatchedLogicQueue {
+                continue;
+            }
+            max_lag = max_lag.max(got.max_offset.saturating_sub(offsets[i]));
+            read += got.messages.len() as u64;
+            progressed |= got.next_begin_offset > offsets[i];
+            offsets[i] = got.next_begin_offset.max(offsets[i]);
+        }
+        if !progressed {
+            if finishing {
+                return (read, max_lag);
+            }
+            if let Some((i, &q)) = queues.iter().enumerate().next() {
+                store
+                    .wait_for_message("bench", q, offsets[i], std::time::Duration::from_millis(50))
+                    .await;
+            } else {
+                return (read, max_lag);
+            }
+        }
+    }
 }
 
 async fn produce(

@@ -3,11 +3,14 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use super::{ConsumeQueues, QueueEntry};
 use crate::error::ReadError;
@@ -19,6 +22,8 @@ use crate::record::{self, decode, DecodeError, Entry, StoredMessage};
 /// Entries examined at most per read when a filter rejects them (RocketMQ's
 /// `maxFilterMessageCount` of 16 000 bytes of 20-byte entries).
 pub const FILTER_SCAN_ENTRIES_MAX: u64 = 800;
+/// Body reads one `get` keeps in flight at once.
+const READS_IN_FLIGHT_MAX: usize = 64;
 /// Open read handles to other shards' segments kept per shard.
 const READ_HANDLES_MAX: usize = 64;
 
@@ -225,27 +230,37 @@ impl ConsumeQueues {
             }
             (min, max, candidates, at)
         };
-        let mut messages = Vec::new();
+        // Entries within the byte budget (at least one), their bodies read concurrently.
+        let mut take = Vec::new();
         let mut bytes = 0u64;
         let mut next = examined;
         for (queue_offset, e) in candidates {
-            if !messages.is_empty() && bytes + e.size as u64 > req.max_bytes as u64 {
+            if !take.is_empty() && bytes + e.size as u64 > req.max_bytes as u64 {
                 next = queue_offset;
                 break;
             }
-            let m = reader
-                .read(e.source as usize, e.cl_offset, Some(e.size))
-                .await?;
-            if !req.filter.matches_tags(m.tags()) {
-                continue;
-            }
             bytes += e.size as u64;
-            let msg_id = crate::msgid::encode(reader.store_host, e.source as usize, e.cl_offset);
-            messages.push(QueueMessage {
-                queue_offset,
-                msg_id,
-                message: m,
-            });
+            take.push((queue_offset, e));
+        }
+        let mut messages = Vec::with_capacity(take.len());
+        for group in take.chunks(READS_IN_FLIGHT_MAX) {
+            let reads = group
+                .iter()
+                .map(|(_, e)| Box::pin(reader.read(e.source as usize, e.cl_offset, Some(e.size))))
+                .collect();
+            for ((queue_offset, e), read) in group.iter().zip(JoinAll::new(reads).await) {
+                let message = read?;
+                if !req.filter.matches_tags(message.tags()) {
+                    continue;
+                }
+                let msg_id =
+                    crate::msgid::encode(reader.store_host, e.source as usize, e.cl_offset);
+                messages.push(QueueMessage {
+                    queue_offset: *queue_offset,
+                    msg_id,
+                    message,
+                });
+            }
         }
         let status = if messages.is_empty() {
             GetStatus::NoMatchedMsg
@@ -291,5 +306,46 @@ fn empty(status: GetStatus, next: u64, min: u64, max: u64) -> GetResult {
         next_begin_offset: next,
         min_offset: min,
         max_offset: max,
+    }
+}
+
+/// Polls futures of one type together and yields their outputs in order.
+struct JoinAll<F: Future> {
+    pending: Vec<Option<Pin<Box<F>>>>,
+    done: Vec<Option<F::Output>>,
+}
+
+impl<F: Future> JoinAll<F> {
+    fn new(futures: Vec<Pin<Box<F>>>) -> Self {
+        let done = futures.iter().map(|_| None).collect();
+        JoinAll {
+            pending: futures.into_iter().map(Some).collect(),
+            done,
+        }
+    }
+}
+
+impl<F: Future> Unpin for JoinAll<F> {}
+
+impl<F: Future> Future for JoinAll<F> {
+    type Output = Vec<F::Output>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut all = true;
+        for (slot, out) in this.pending.iter_mut().zip(this.done.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    Poll::Pending => all = false,
+                }
+            }
+        }
+        if !all {
+            return Poll::Pending;
+        }
+        Poll::Ready(this.done.iter_mut().filter_map(Option::take).collect())
     }
 }
