@@ -289,12 +289,13 @@ impl ConsumeQueues {
     pub fn offset_for_time(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Option<u64> {
         let queues = self.queues.borrow();
         let q = queues.get(topic).and_then(|t| t.get(&queue_id))?;
+        // Store times grow along a queue up to the interleaving of different source shards
+        // (milliseconds): a binary search, like RocketMQ's lookup by time.
         let visible = (q.visible - q.min) as usize;
         let idx = q
             .entries
-            .range(..visible)
-            .collect::<Vec<_>>()
-            .partition_point(|e| e.time_ms < timestamp_ms);
+            .partition_point(|e| e.time_ms < timestamp_ms)
+            .min(visible);
         Some(q.min + idx as u64)
     }
 }
