@@ -269,6 +269,16 @@ impl SegmentFile {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
+    /// Closes every file no one else holds any more, now (see `close`); the others close
+    /// when their last holder drops them.
+    pub async fn close_all(files: impl IntoIterator<Item = Rc<SegmentFile>>) {
+        for file in files {
+            if let Ok(file) = Rc::try_unwrap(file) {
+                file.close().await;
+            }
+        }
+    }
+
     /// Closes the descriptor now (dropping defers it to the executor's next I/O cycle).
     pub async fn close(self) {
         if let Err(e) = self.file.close().await {

@@ -406,13 +406,7 @@ async fn intake_loop(shard: Rc<Shard>, rx: flume::Receiver<DispatchBatch>) {
     while let Ok(batch) = rx.recv_async().await {
         shard.intake_busy.set(true);
         let need = ConsumeQueues::batch_bytes(&batch);
-        loop {
-            let generation = shard.cqs.cq.progress.generation();
-            if shard.cqs.cq.stopped() || shard.cqs.cq.has_room(need) {
-                break;
-            }
-            shard.cqs.cq.progress.wait_past(generation).await;
-        }
+        shard.cqs.cq.wait_for_room(need).await;
         shard.cqs.apply(batch);
         shard.intake_busy.set(false);
         shard.intake_idle.notify();

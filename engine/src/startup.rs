@@ -243,15 +243,9 @@ async fn catch_up(cqs: &Rc<ConsumeQueues>, batches: Vec<DispatchBatch>) -> Resul
                 records: chunk,
             };
             let need = ConsumeQueues::batch_bytes(&part);
-            loop {
-                let generation = cqs.cq.progress.generation();
-                if let Some(reason) = cqs.cq.failure() {
-                    return Err(reason);
-                }
-                if cqs.cq.has_room(need) {
-                    break;
-                }
-                cqs.cq.progress.wait_past(generation).await;
+            cqs.cq.wait_for_room(need).await;
+            if let Some(reason) = cqs.cq.failure() {
+                return Err(reason);
             }
             cqs.apply(part);
             if last {
@@ -280,13 +274,7 @@ async fn serve(
                 // Off-shard callers wait for room rather than get `Busy`: the bounded channel
                 // already pushes back on them.
                 let bytes = shard.sizes(msgs.as_slice()).map_or(0, |s| s.iter().sum());
-                loop {
-                    let generation = shard.cl.progress.generation();
-                    if shard.stopped() || shard.cl.has_room(bytes) {
-                        break;
-                    }
-                    shard.cl.progress.wait_past(generation).await;
-                }
+                shard.cl.wait_for_room(bytes).await;
                 shard.put(msgs, sink);
             }
             Request::Read(shard_id, offset, reply) => {

@@ -123,11 +123,7 @@ impl ClReader {
     /// Closes the read handles (see `Log::close_files`).
     pub async fn close_files(&self) {
         let files = std::mem::take(&mut *self.files.borrow_mut());
-        for file in files.into_values() {
-            if let Ok(file) = Rc::try_unwrap(file) {
-                file.close().await;
-            }
-        }
+        SegmentFile::close_all(files.into_values()).await;
     }
 
     /// The record at `(shard, offset)`, which must be below that shard's written offset.

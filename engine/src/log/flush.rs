@@ -38,10 +38,7 @@ pub async fn flusher(log: Rc<Log>) {
                 // Let the writes of everything appended so far land first, so one fdatasync
                 // covers the whole group instead of only the first write of it.
                 let goal = log.append_offset();
-                while log.written() < goal && !log.stopped() {
-                    let generation = log.progress.generation();
-                    log.progress.wait_past(generation).await;
-                }
+                log.wait_until(|log| log.written() >= goal).await;
                 if log.flush_once().await.is_err() {
                     return;
                 }

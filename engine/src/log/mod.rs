@@ -321,17 +321,35 @@ impl Log {
         self.segment_ready.notify();
     }
 
-    /// Waits until everything appended is written (or the log failed).
-    pub async fn drain(&self) -> Result<(), String> {
+    /// Waits until `ready(self)` holds or the log stops (failed or stopping), re-checking on
+    /// every progress announcement.
+    pub async fn wait_until(&self, ready: impl Fn(&Log) -> bool) {
         loop {
             let generation = self.progress.generation();
-            if let Some(reason) = self.failure() {
-                return Err(reason);
-            }
-            if self.written() == self.append_offset() {
-                return Ok(());
+            if self.stopped() || ready(self) {
+                return;
             }
             self.progress.wait_past(generation).await;
+        }
+    }
+
+    /// Waits until `bytes` more fit the write buffer (see `has_room`) or the log stops.
+    pub async fn wait_for_room(&self, bytes: usize) {
+        self.wait_until(|log| log.has_room(bytes)).await
+    }
+
+    /// Waits until everything appended is written; an error if the log failed or stopped.
+    pub async fn drain(&self) -> Result<(), String> {
+        let drained = |log: &Log| log.written() == log.append_offset();
+        self.wait_until(drained).await;
+        match self.failure() {
+            Some(reason) => Err(reason),
+            None if drained(self) => Ok(()),
+            None => Err(format!(
+                "{} of shard {} stopped before it drained",
+                self.spec.name,
+                self.shard()
+            )),
         }
     }
 
@@ -394,11 +412,7 @@ impl Log {
     /// descriptors, and the space of deleted segments, would leak.
     pub async fn close_files(&self) {
         let files = std::mem::take(&mut *self.segments.borrow_mut());
-        for file in files.into_values() {
-            if let Ok(file) = Rc::try_unwrap(file) {
-                file.close().await;
-            }
-        }
+        SegmentFile::close_all(files.into_values()).await;
     }
 
     /// Reads `len` bytes at `offset`, which must lie below `written`, within one segment.
