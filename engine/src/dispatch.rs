@@ -1,33 +1,39 @@
-//! Dispatch records: what a source shard tells the owner of a `(topic, queue)` about a record
-//! it appended, so that the owner assigns its queue offset and appends its ConsumeQueue entry.
-//! They travel over one flume channel per destination (FIFO per source), in batches that also
-//! carry a watermark: every record of the source below `upto` owned by the destination was in
-//! this or an earlier batch.
+//! What source shards and queue owners say to each other, over one flume channel per owner
+//! (FIFO per source):
 //!
-//! A put's reply travels with its records: the owner finishes it once the entry is
-//! acknowledged (durable under SYNC_FLUSH). A batch put whose records go to several owners is
-//! collected in a [`Collector`] and answered when its last part is done.
+//! - [`Intake::Reserve`]: before appending, a source asks the owner of each `(topic, queue)`
+//!   for the next offsets of that queue. The offset goes into the CommitLog record, so the
+//!   flush that makes the record durable makes its queue offset durable too (one fdatasync
+//!   per acknowledgement, and recovery rebuilds every queue from the CommitLog alone).
+//! - [`Intake::Dispatch`]: once records are written (ASYNC_FLUSH) or flushed (SYNC_FLUSH) the
+//!   source sends their [`DispatchRecord`]s; the owner fills the reserved slots and appends
+//!   ConsumeQueue entries as each queue's reserved prefix fills in. A batch also carries a
+//!   watermark: every record of the source below `upto` owned by the owner was in this or an
+//!   earlier batch.
+//! - [`Intake::Abandon`]: reserved offsets whose records will never be dispatched (the source
+//!   failed); the owner turns them into skip entries so the queue does not stall.
+//!
+//! Puts are answered by their source, not by the owner: see [`Reply`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::PutError;
 use crate::oneshot;
 use crate::store::{PutResult, PutStatus};
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchRecord {
-    pub topic: String,
+    /// Shared with every other record of the topic from this source (no allocation per record).
+    pub topic: Arc<str>,
     pub queue_id: u32,
+    /// Reserved before the append; stored in the record.
+    pub queue_offset: u64,
     pub source: u16,
     pub cl_offset: u64,
     pub size: u32,
     pub tag_hash: u64,
     pub store_timestamp_ms: i64,
-    /// When a SYNC_FLUSH put stops waiting and answers FLUSH_DISK_TIMEOUT.
-    pub deadline: Option<Instant>,
-    /// `None` for records re-dispatched by recovery, or whose put was already answered.
-    pub reply: Option<ReplyPart>,
 }
 
 #[derive(Debug)]
@@ -35,6 +41,50 @@ pub struct DispatchBatch {
     pub source: u16,
     pub upto: u64,
     pub records: Vec<DispatchRecord>,
+}
+
+/// `count` consecutive offsets of one queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub topic: String,
+    pub queue_id: u32,
+    pub count: u32,
+}
+
+/// A reserved offset given back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub topic: String,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+}
+
+#[derive(Debug)]
+pub enum Intake {
+    /// Answered with the first offset of each run, in order.
+    Reserve {
+        runs: Vec<Run>,
+        reply: oneshot::Sender<Vec<u64>>,
+    },
+    Dispatch(DispatchBatch),
+    Abandon(Vec<Slot>),
+}
+
+/// Appends consecutive messages of one queue to a run list (a batch to one queue costs one run).
+pub fn push_run(runs: &mut Vec<Run>, topic: &str, queue_id: u32) -> (usize, u32) {
+    let n = runs.len();
+    if let Some(last) = runs.last_mut() {
+        if last.queue_id == queue_id && last.topic == topic {
+            last.count += 1;
+            return (n - 1, last.count - 1);
+        }
+    }
+    runs.push(Run {
+        topic: topic.to_owned(),
+        queue_id,
+        count: 1,
+    });
+    (runs.len() - 1, 0)
 }
 
 /// Where a put's answer goes.
@@ -54,93 +104,51 @@ impl Sink {
     }
 }
 
+/// A put's answer, held by its source with the put's last record: a put's records are
+/// contiguous in the CommitLog, so the flush (or write) that covers the last covers them all.
 #[derive(Debug)]
-struct State {
-    results: Vec<PutResult>,
-    remaining: usize,
-    error: Option<PutError>,
-    sink: Option<Sink>,
-}
-
-/// Gathers the parts of one put call.
-#[derive(Debug)]
-pub struct Collector {
-    state: Mutex<State>,
-}
-
-/// One record's share of a put's answer: the whole answer for a single-message put (no
-/// collector needed), else a part of a collector.
-#[derive(Debug)]
-pub enum ReplyPart {
-    Single(PutResult, oneshot::Sender<Result<PutResult, PutError>>),
-    Part {
-        collector: Arc<Collector>,
-        index: usize,
+pub enum Reply {
+    One {
+        result: PutResult,
+        tx: oneshot::Sender<Result<PutResult, PutError>>,
+        /// SYNC_FLUSH: when the put stops waiting and answers FLUSH_DISK_TIMEOUT.
+        deadline: Option<Instant>,
+    },
+    Many {
+        results: Vec<PutResult>,
+        tx: oneshot::Sender<Result<Vec<PutResult>, PutError>>,
+        deadline: Option<Instant>,
     },
 }
 
-impl Collector {
-    /// Splits the answer to a put of `results.len()` records into one part per record.
-    pub fn split(results: Vec<PutResult>, sink: Sink) -> Vec<ReplyPart> {
-        let n = results.len();
-        let collector = Arc::new(Collector {
-            state: Mutex::new(State {
-                results,
-                remaining: n,
-                error: None,
-                sink: Some(sink),
-            }),
-        });
-        (0..n)
-            .map(|index| ReplyPart::Part {
-                collector: collector.clone(),
-                index,
-            })
-            .collect()
+impl Reply {
+    pub fn deadline(&self) -> Option<Instant> {
+        match self {
+            Reply::One { deadline, .. } | Reply::Many { deadline, .. } => *deadline,
+        }
     }
-}
 
-impl ReplyPart {
-    /// This record is done: stored with `status` (and its queue offset, when assigned), or
-    /// failed. The put is answered when all its records are done; any failure fails it.
-    pub fn complete(self, outcome: Result<(PutStatus, Option<u64>), PutError>) {
-        let (collector, index) = match self {
-            ReplyPart::Single(mut r, tx) => {
-                return tx.send(outcome.map(|(status, queue_offset)| {
+    pub fn complete(self, status: PutStatus) {
+        match self {
+            Reply::One { mut result, tx, .. } => {
+                result.status = status;
+                tx.send(Ok(result));
+            }
+            Reply::Many {
+                mut results, tx, ..
+            } => {
+                for r in &mut results {
                     r.status = status;
-                    r.queue_offset = queue_offset;
-                    r
-                }));
-            }
-            ReplyPart::Part { collector, index } => (collector, index),
-        };
-        let Ok(mut state) = collector.state.lock() else {
-            return;
-        };
-        match outcome {
-            Ok((status, queue_offset)) => {
-                let r = &mut state.results[index];
-                r.status = status;
-                r.queue_offset = queue_offset;
-            }
-            Err(e) => {
-                state.error.get_or_insert(e);
+                }
+                tx.send(Ok(results));
             }
         }
-        state.remaining -= 1;
-        if state.remaining > 0 {
-            return;
-        }
-        let Some(sink) = state.sink.take() else {
-            return;
-        };
-        let results = std::mem::take(&mut state.results);
-        match (state.error.take(), sink) {
-            (Some(e), sink) => sink.fail(e),
-            (None, Sink::One(tx)) => {
-                tx.send(results.into_iter().next().ok_or(PutError::ShuttingDown))
-            }
-            (None, Sink::Batch(tx)) => tx.send(Ok(results)),
+    }
+
+    pub fn fail(self, e: PutError) {
+        match self {
+            Reply::One { tx, .. } => tx.send(Err(e)),
+            Reply::Many { tx, .. } => tx.send(Err(e)),
         }
     }
 }
@@ -149,57 +157,37 @@ impl ReplyPart {
 mod tests {
     use super::*;
 
-    fn result(offset: u64) -> PutResult {
-        PutResult {
+    #[test]
+    fn consecutive_messages_of_a_queue_share_a_run() {
+        let mut runs = Vec::new();
+        assert_eq!(push_run(&mut runs, "a", 1), (0, 0));
+        assert_eq!(push_run(&mut runs, "a", 1), (0, 1));
+        assert_eq!(push_run(&mut runs, "a", 2), (1, 0));
+        assert_eq!(push_run(&mut runs, "b", 2), (2, 0));
+        assert_eq!(push_run(&mut runs, "a", 1), (3, 0));
+        let counts: Vec<u32> = runs.iter().map(|r| r.count).collect();
+        assert_eq!(counts, vec![2, 1, 1, 1]);
+    }
+
+    #[test]
+    fn reply_sets_the_status_of_every_result() {
+        let result = |offset| PutResult {
             status: PutStatus::PutOk,
             shard: 0,
             offset,
             size: 10,
             store_timestamp_ms: 0,
-            queue_offset: None,
+            queue_offset: Some(offset),
+        };
+        let (tx, rx) = oneshot::channel();
+        Reply::Many {
+            results: vec![result(0), result(10)],
+            tx,
+            deadline: None,
         }
-    }
-
-    #[test]
-    fn batch_answers_after_last_part_in_order() {
-        let (tx, rx) = oneshot::channel();
-        let parts = Collector::split(vec![result(0), result(10), result(20)], Sink::Batch(tx));
-        let mut parts = parts.into_iter().rev();
-        parts
-            .next()
-            .unwrap()
-            .complete(Ok((PutStatus::PutOk, Some(7))));
-        parts
-            .next()
-            .unwrap()
-            .complete(Ok((PutStatus::FlushDiskTimeout, None)));
-        let mut rx = Box::pin(rx);
-        let early = futures_lite::future::block_on(futures_lite::future::poll_once(rx.as_mut()));
-        assert!(early.is_none(), "not before the last part");
-        parts
-            .next()
-            .unwrap()
-            .complete(Ok((PutStatus::PutOk, Some(3))));
+        .complete(PutStatus::FlushDiskTimeout);
         let got = futures_lite::future::block_on(rx).unwrap().unwrap();
-        assert_eq!(
-            got.iter().map(|r| r.queue_offset).collect::<Vec<_>>(),
-            vec![Some(3), None, Some(7)]
-        );
-        assert_eq!(got[1].status, PutStatus::FlushDiskTimeout);
-    }
-
-    #[test]
-    fn any_failure_fails_the_put() {
-        let (tx, rx) = oneshot::channel();
-        let mut parts = Collector::split(vec![result(0), result(10)], Sink::Batch(tx)).into_iter();
-        parts.next().unwrap().complete(Err(PutError::ShuttingDown));
-        parts
-            .next()
-            .unwrap()
-            .complete(Ok((PutStatus::PutOk, Some(1))));
-        assert_eq!(
-            futures_lite::future::block_on(rx),
-            Some(Err(PutError::ShuttingDown))
-        );
+        assert!(got.iter().all(|r| r.status == PutStatus::FlushDiskTimeout));
+        assert_eq!(got[1].queue_offset, Some(10));
     }
 }

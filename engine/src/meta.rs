@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io_context, OpenError};
 
 /// Version of the on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The documented queue-to-shard hash. Changing it would move queues between shards, so it is
 /// recorded in the meta file and checked on open.
 pub const QUEUE_HASH: &str = "fnv1a64(topic_utf8 || queue_id_u32_le) % shards";

@@ -1,13 +1,15 @@
 //! One shard: the state its executor owns and the tasks that drive it.
 //!
-//! *As a source* it appends puts to its CommitLog and, once their bytes are written
-//! (ASYNC_FLUSH) or flushed (SYNC_FLUSH), dispatches them to the owners of their queues.
-//! *As an owner* it takes dispatch batches from every source into its ConsumeQueues.
+//! *As a source* it reserves each put's queue offsets from the owners of its queues, appends
+//! the records (offsets included) to its CommitLog and, once their bytes are written
+//! (ASYNC_FLUSH) or flushed (SYNC_FLUSH), answers the puts and dispatches the records to
+//! their owners. *As an owner* it answers reservations and takes dispatch batches from every
+//! source into its ConsumeQueues.
 //! Only the shard's own executor touches this state; other threads send requests and read
 //! the published [`LogShared`] atomics.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -16,12 +18,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{FlushMode, StoreConfig};
 use crate::consumequeue::read::ClReader;
 use crate::consumequeue::ConsumeQueues;
-use crate::dispatch::{Collector, DispatchBatch, DispatchRecord, ReplyPart, Sink};
+use crate::dispatch::{push_run, DispatchBatch, DispatchRecord, Intake, Reply, Run, Sink, Slot};
 use crate::error::PutError;
 use crate::filter::tag_hash;
 use crate::log::recovery::SealedPolicy;
 use crate::log::{FlushPolicy, Log, LogSpec};
-use crate::meta::queue_shard;
+use crate::meta::{queue_shard, FnvBuild};
+use crate::oneshot;
 use crate::record::{self, encoded_len, MessageInput, StoreStamp};
 use crate::store::{PutResult, PutStatus};
 use crate::waiters::LocalEvent;
@@ -48,9 +51,39 @@ impl Puts {
     }
 }
 
+/// The encoded sizes of a put's messages (one needs no allocation).
+pub enum Sizes {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl Sizes {
+    pub fn as_slice(&self) -> &[usize] {
+        match self {
+            Sizes::One(n) => std::slice::from_ref(n),
+            Sizes::Many(v) => v,
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.as_slice().iter().sum()
+    }
+}
+
+/// A put waiting for its queue offsets (a round of reservations is out).
+struct Staged {
+    msgs: Puts,
+    sizes: Sizes,
+    sink: Sink,
+    deadline: Option<Instant>,
+}
+
+/// An appended record waiting to be acknowledged and dispatched.
 struct Pending {
     end: u64,
     record: DispatchRecord,
+    /// On a put's last record.
+    reply: Option<Reply>,
 }
 
 pub struct Shard {
@@ -63,11 +96,19 @@ pub struct Shard {
     pub(crate) cqs: Rc<ConsumeQueues>,
     pub(crate) reader: ClReader,
     closing: Cell<bool>,
-    /// Appended records waiting to be dispatched, in CommitLog order.
+    /// Puts waiting for a round of reservations, in arrival order.
+    staged: RefCell<VecDeque<Staged>>,
+    /// A round of reservations is out: later puts queue behind it, keeping their order.
+    reserving: Cell<bool>,
+    /// Something was staged, or a round ended.
+    staged_event: LocalEvent,
+    /// Appended records waiting for their write or flush, in CommitLog order.
     pending: RefCell<VecDeque<Pending>>,
     /// One sender per owner shard (this one included).
-    dispatch_tx: Vec<flume::Sender<DispatchBatch>>,
-    /// The intake task is applying a batch.
+    intake_tx: Vec<flume::Sender<Intake>>,
+    /// Topic names shared by dispatch records.
+    topics: RefCell<HashMap<String, Arc<str>, FnvBuild>>,
+    /// The intake task is handling a message.
     intake_busy: Cell<bool>,
     intake_idle: LocalEvent,
 }
@@ -106,8 +147,8 @@ impl Shard {
         cl: Rc<Log>,
         cqs: Rc<ConsumeQueues>,
         reader: ClReader,
-        dispatch_tx: Vec<flume::Sender<DispatchBatch>>,
-        intake: flume::Receiver<DispatchBatch>,
+        intake_tx: Vec<flume::Sender<Intake>>,
+        intake: flume::Receiver<Intake>,
     ) -> Rc<Shard> {
         let shard = Rc::new(Shard {
             id,
@@ -117,15 +158,21 @@ impl Shard {
             cqs,
             reader,
             closing: Cell::new(false),
+            staged: RefCell::default(),
+            reserving: Cell::new(false),
+            staged_event: LocalEvent::default(),
             pending: RefCell::default(),
-            dispatch_tx,
+            intake_tx,
+            topics: RefCell::default(),
             intake_busy: Cell::new(false),
             intake_idle: LocalEvent::default(),
         });
         // Spawned through the logs so that stopping them cancels these too (they hold the
         // shard, which holds the logs).
         shard.cl.spawn(dispatcher(shard.clone()));
+        shard.cl.spawn(stager(shard.clone()));
         shard.cqs.cq.spawn(intake_loop(shard.clone(), intake));
+        shard.cqs.cq.spawn(stop_with_queues(shard.clone()));
         if shard.config.flush_mode == FlushMode::Sync {
             shard.cl.spawn(flush_timeouts(shard.clone()));
         }
@@ -140,122 +187,297 @@ impl Shard {
         self.cl.stopped()
     }
 
+    fn owners(&self) -> usize {
+        self.intake_tx.len()
+    }
+
     fn dispatch_on_flush(&self) -> bool {
         self.config.flush_mode == FlushMode::Sync
     }
 
-    fn check_open(&self) -> Result<(), PutError> {
+    /// Why appends cannot go on, if they cannot.
+    fn log_down(&self) -> Option<PutError> {
         if let Some(reason) = self.cl.failure() {
-            return Err(PutError::ShardFailed {
+            return Some(PutError::ShardFailed {
                 shard: self.id,
                 reason,
             });
         }
-        if self.closing.get() || self.cl.stopped() {
-            return Err(PutError::ShuttingDown);
+        self.cl.stopped().then_some(PutError::ShuttingDown)
+    }
+
+    fn check_open(&self) -> Result<(), PutError> {
+        match self.log_down() {
+            Some(e) => Err(e),
+            None if self.closing.get() => Err(PutError::ShuttingDown),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// Validates a batch and returns its encoded sizes.
-    pub fn sizes(&self, msgs: &[MessageInput]) -> Result<Vec<usize>, PutError> {
+    /// Validates a put and returns its encoded sizes.
+    pub fn sizes(&self, msgs: &Puts) -> Result<Sizes, PutError> {
         let max = self.config.message_size_max_bytes;
-        msgs.iter()
-            .map(|m| {
-                let len = encoded_len(m)?;
-                if len > max {
-                    return Err(PutError::MessageTooLarge { size: len, max });
-                }
-                Ok(len)
-            })
-            .collect()
+        let size = |m: &MessageInput| {
+            let len = encoded_len(m)?;
+            if len > max {
+                return Err(PutError::MessageTooLarge { size: len, max });
+            }
+            Ok(len)
+        };
+        match msgs {
+            Puts::One(m) => size(m).map(Sizes::One),
+            Puts::Many(ms) => ms
+                .iter()
+                .map(size)
+                .collect::<Result<_, _>>()
+                .map(Sizes::Many),
+        }
     }
 
-    /// Appends a put's messages contiguously; `sink` is answered once every record is
-    /// acknowledged. Nothing is appended (and the sink is failed) if any message is invalid or
-    /// the write buffer is full.
+    /// The topic's name shared by this shard's dispatch records (interned: one allocation per
+    /// topic, not per record).
+    fn intern(&self, topic: &str) -> Arc<str> {
+        let mut topics = self.topics.borrow_mut();
+        if let Some(t) = topics.get(topic) {
+            return t.clone();
+        }
+        let t: Arc<str> = Arc::from(topic);
+        topics.insert(topic.to_owned(), t.clone());
+        t
+    }
+
+    /// Appends a put's messages contiguously once their queue offsets are reserved; `sink` is
+    /// answered once every record is written (ASYNC_FLUSH) or flushed (SYNC_FLUSH). Nothing is
+    /// appended (and the sink is failed) if any message is invalid or the write buffer is full.
     pub fn put(&self, msgs: Puts, sink: Sink) {
-        let sizes = match self.check_open().and_then(|()| self.sizes(msgs.as_slice())) {
+        let sizes = match self.check_open().and_then(|()| self.sizes(&msgs)) {
             Ok(s) => s,
             Err(e) => return sink.fail(e),
         };
-        if !self.cl.has_room(sizes.iter().sum()) {
+        self.put_sized(msgs, sizes, sink);
+    }
+
+    /// `put` of messages already validated.
+    pub fn put_sized(&self, msgs: Puts, sizes: Sizes, sink: Sink) {
+        if let Err(e) = self.check_open() {
+            return sink.fail(e);
+        }
+        if !self.cl.has_room(sizes.total()) {
             return sink.fail(PutError::Busy { shard: self.id });
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         let deadline = self
             .dispatch_on_flush()
             .then(|| Instant::now() + self.config.sync_flush_timeout());
-        match (msgs, sink) {
-            (Puts::One(msg), Sink::One(tx)) => {
-                let (result, mut record) = self.append(&msg, sizes[0], now_ms, deadline);
-                record.reply = Some(ReplyPart::Single(result, tx));
-                self.pending.borrow_mut().push_back(Pending {
-                    end: record.cl_offset + record.size as u64,
-                    record,
-                });
+        let staged = Staged {
+            msgs,
+            sizes,
+            sink,
+            deadline,
+        };
+        let owners = self.owners();
+        let local = |m: &MessageInput| queue_shard(&m.topic, m.queue_id, owners) == self.id;
+        let queued = self.reserving.get() || !self.staged.borrow().is_empty();
+        if queued || !staged.msgs.as_slice().iter().all(local) {
+            self.staged.borrow_mut().push_back(staged);
+            self.staged_event.notify();
+            return;
+        }
+        // Every queue is this shard's and nothing is queued ahead: reserve and append now.
+        match &staged.msgs {
+            Puts::One(m) => {
+                let offset = self.cqs.reserve_one(&m.topic, m.queue_id);
+                self.append(staged, &[offset]);
             }
-            (msgs, sink) => {
-                let mut results = Vec::with_capacity(sizes.len());
-                let mut records = Vec::with_capacity(sizes.len());
-                for (msg, &len) in msgs.as_slice().iter().zip(&sizes) {
-                    let (result, record) = self.append(msg, len, now_ms, deadline);
-                    results.push(result);
-                    records.push(record);
-                }
-                let mut pending = self.pending.borrow_mut();
-                for (mut record, part) in records.into_iter().zip(Collector::split(results, sink)) {
-                    record.reply = Some(part);
-                    pending.push_back(Pending {
-                        end: record.cl_offset + record.size as u64,
-                        record,
-                    });
-                }
+            Puts::Many(ms) => {
+                let mut runs = Vec::new();
+                let places: Vec<_> = ms
+                    .iter()
+                    .map(|m| push_run(&mut runs, &m.topic, m.queue_id))
+                    .collect();
+                let firsts = self.cqs.reserve(&runs);
+                let offsets: Vec<u64> = places.iter().map(|&(r, k)| firsts[r] + k as u64).collect();
+                self.append(staged, &offsets);
             }
         }
         self.cl.kick();
     }
 
-    fn append(
-        &self,
-        msg: &MessageInput,
-        len: usize,
-        now_ms: i64,
-        deadline: Option<Instant>,
-    ) -> (PutResult, DispatchRecord) {
-        let offset = self.cl.append(len, |offset, out| {
-            let stamp = StoreStamp {
-                physical_offset: offset,
-                store_timestamp_ms: now_ms,
-                store_host: self.store_host,
+    /// One round: reserves the offsets of every staged put from their owners, then appends
+    /// the puts in order. If the round cannot finish, its puts fail and whatever was reserved
+    /// is given back as skips.
+    async fn run_round(&self, round: Vec<Staged>) {
+        let owners = self.owners();
+        let mut runs: Vec<Vec<Run>> = (0..owners).map(|_| Vec::new()).collect();
+        // One run per queue in the round (its messages keep their order within it).
+        let mut index: HashMap<(&str, u32), (usize, usize), FnvBuild> = HashMap::default();
+        let mut places = Vec::new();
+        for m in round.iter().flat_map(|s| s.msgs.as_slice()) {
+            let (owner, run) = *index.entry((&m.topic, m.queue_id)).or_insert_with(|| {
+                let owner = queue_shard(&m.topic, m.queue_id, owners);
+                runs[owner].push(Run {
+                    topic: m.topic.clone(),
+                    queue_id: m.queue_id,
+                    count: 0,
+                });
+                (owner, runs[owner].len() - 1)
+            });
+            let r = &mut runs[owner][run];
+            let k = r.count;
+            r.count += 1;
+            places.push((owner, run, k));
+        }
+        let mut firsts: Vec<Vec<u64>> = (0..owners).map(|_| Vec::new()).collect();
+        let mut asks = Vec::new();
+        let mut lost = false;
+        for (owner, runs) in runs.iter_mut().enumerate() {
+            if owner == self.id || runs.is_empty() {
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            let ask = Intake::Reserve {
+                runs: std::mem::take(runs),
+                reply: tx,
             };
-            record::encode(msg, &stamp, out);
-        });
-        let result = PutResult {
-            status: PutStatus::PutOk,
-            shard: self.id,
-            offset,
-            size: len as u32,
-            store_timestamp_ms: now_ms,
-            queue_offset: None,
-        };
-        let record = DispatchRecord {
-            topic: msg.topic.clone(),
-            queue_id: msg.queue_id,
-            source: self.id as u16,
-            cl_offset: offset,
-            size: len as u32,
-            tag_hash: tag_hash(msg.tags.as_deref()),
-            store_timestamp_ms: now_ms,
-            deadline,
-            reply: None,
-        };
-        (result, record)
+            if self.intake_tx[owner].send(ask).is_ok() {
+                asks.push((owner, rx));
+            } else {
+                lost = true;
+            }
+        }
+        if !runs[self.id].is_empty() {
+            firsts[self.id] = self.cqs.reserve(&runs[self.id]);
+        }
+        for (owner, rx) in asks {
+            match rx.await {
+                Some(f) => firsts[owner] = f,
+                None => lost = true,
+            }
+        }
+        let down = self.log_down().or(lost.then_some(PutError::ShuttingDown));
+        if let Some(err) = down {
+            let mut slots = Vec::new();
+            let msgs = round.iter().flat_map(|s| s.msgs.as_slice());
+            for (m, &(owner, run, k)) in msgs.zip(&places) {
+                if let Some(first) = firsts[owner].get(run) {
+                    slots.push(Slot {
+                        topic: m.topic.clone(),
+                        queue_id: m.queue_id,
+                        queue_offset: first + k as u64,
+                    });
+                }
+            }
+            for s in round {
+                s.sink.fail(err.clone());
+            }
+            self.abandon(slots);
+            return;
+        }
+        let mut places = places.into_iter();
+        for staged in round {
+            let offsets: Vec<u64> = places
+                .by_ref()
+                .take(staged.sizes.as_slice().len())
+                .map(|(owner, run, k)| firsts[owner][run] + k as u64)
+                .collect();
+            self.append(staged, &offsets);
+        }
+        self.cl.kick();
     }
 
-    /// Sends every pending record the CommitLog's progress covers to its owner.
+    /// Appends a put's records with their reserved queue offsets.
+    fn append(&self, staged: Staged, offsets: &[u64]) {
+        let Staged {
+            msgs,
+            sizes,
+            sink,
+            deadline,
+        } = staged;
+        debug_assert_eq!(offsets.len(), sizes.as_slice().len());
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut pending = self.pending.borrow_mut();
+        let mut topic: Option<Arc<str>> = None;
+        let mut append_one = |msg: &MessageInput, len: usize, queue_offset: u64| {
+            let offset = self.cl.append(len, |offset, out| {
+                let stamp = StoreStamp {
+                    physical_offset: offset,
+                    queue_offset,
+                    store_timestamp_ms: now_ms,
+                    store_host: self.store_host,
+                };
+                record::encode(msg, &stamp, out);
+            });
+            let topic = match &topic {
+                Some(t) if **t == *msg.topic => t.clone(),
+                _ => topic.insert(self.intern(&msg.topic)).clone(),
+            };
+            pending.push_back(Pending {
+                end: offset + len as u64,
+                record: DispatchRecord {
+                    topic,
+                    queue_id: msg.queue_id,
+                    queue_offset,
+                    source: self.id as u16,
+                    cl_offset: offset,
+                    size: len as u32,
+                    tag_hash: tag_hash(msg.tags.as_deref()),
+                    store_timestamp_ms: now_ms,
+                },
+                reply: None,
+            });
+            PutResult {
+                status: PutStatus::PutOk,
+                shard: self.id,
+                offset,
+                size: len as u32,
+                store_timestamp_ms: now_ms,
+                queue_offset: Some(queue_offset),
+            }
+        };
+        let reply = match (msgs, sink) {
+            (Puts::One(msg), Sink::One(tx)) => Reply::One {
+                result: append_one(&msg, sizes.as_slice()[0], offsets[0]),
+                tx,
+                deadline,
+            },
+            (msgs, sink) => {
+                let results = msgs
+                    .as_slice()
+                    .iter()
+                    .zip(sizes.as_slice())
+                    .zip(offsets)
+                    .map(|((msg, &len), &q)| append_one(msg, len, q))
+                    .collect();
+                match sink {
+                    Sink::Batch(tx) => Reply::Many {
+                        results,
+                        tx,
+                        deadline,
+                    },
+                    // `Store` pairs a single-message sink with `Puts::One`; answer with the
+                    // last result should that ever change.
+                    Sink::One(tx) => {
+                        let mut results: Vec<PutResult> = results;
+                        match results.pop() {
+                            Some(result) => Reply::One {
+                                result,
+                                tx,
+                                deadline,
+                            },
+                            None => return tx.send(Err(PutError::ShuttingDown)),
+                        }
+                    }
+                }
+            }
+        };
+        if let Some(last) = pending.back_mut() {
+            last.reply = Some(reply);
+        }
+    }
+
+    /// Answers every pending put the CommitLog's progress covers and sends its records to
+    /// their owners.
     fn dispatch_ready(&self) {
         let written = self.cl.written();
         let upto = if self.dispatch_on_flush() {
@@ -268,20 +490,22 @@ impl Shard {
             // Test seam: answer at write time, before any flush (what the power-cut test
             // must catch).
             for p in pending.iter_mut().take_while(|p| p.end <= written) {
-                if let Some(reply) = p.record.reply.take() {
-                    reply.complete(Ok((PutStatus::PutOk, None)));
+                if let Some(reply) = p.reply.take() {
+                    reply.complete(PutStatus::PutOk);
                 }
             }
         }
         if pending.front().is_none_or(|p| p.end > upto) {
             return;
         }
-        let owners = self.dispatch_tx.len();
+        let owners = self.owners();
         let mut batches: Vec<Vec<DispatchRecord>> = (0..owners).map(|_| Vec::new()).collect();
+        let mut replies = Vec::new();
         let mut mark = 0;
         while pending.front().is_some_and(|p| p.end <= upto) {
             let Some(p) = pending.pop_front() else { break };
             mark = p.end;
+            replies.extend(p.reply);
             batches[queue_shard(&p.record.topic, p.record.queue_id, owners)].push(p.record);
         }
         drop(pending);
@@ -291,44 +515,77 @@ impl Shard {
                 upto: mark,
                 records,
             };
-            if let Err(flume::SendError(batch)) = self.dispatch_tx[owner].send(batch) {
-                let err = PutError::ShuttingDown;
-                batch
-                    .records
-                    .into_iter()
-                    .filter_map(|r| r.reply)
-                    .for_each(|p| p.complete(Err(err.clone())));
+            // An owner that is gone is shutting down or crashed: recovery re-dispatches.
+            let _ = self.intake_tx[owner].send(Intake::Dispatch(batch));
+        }
+        // Answered after the records went to their owners, so that readers rarely have to
+        // wait for them (see `ConsumeQueues::in_flight`).
+        for reply in replies {
+            reply.complete(PutStatus::PutOk);
+        }
+    }
+
+    /// Gives reserved offsets back to their owners as skips.
+    fn abandon(&self, slots: Vec<Slot>) {
+        if slots.is_empty() {
+            return;
+        }
+        let owners = self.owners();
+        let mut by_owner: Vec<Vec<Slot>> = (0..owners).map(|_| Vec::new()).collect();
+        for s in slots {
+            by_owner[queue_shard(&s.topic, s.queue_id, owners)].push(s);
+        }
+        for (owner, slots) in by_owner.into_iter().enumerate() {
+            if !slots.is_empty() {
+                let _ = self.intake_tx[owner].send(Intake::Abandon(slots));
             }
         }
     }
 
+    /// The CommitLog failed: no pending put is acknowledged, and their offsets are given back.
     fn fail_pending(&self, reason: String) {
         let err = PutError::ShardFailed {
             shard: self.id,
             reason,
         };
+        let mut slots = Vec::new();
         for p in self.pending.borrow_mut().drain(..) {
-            if let Some(reply) = p.record.reply {
-                reply.complete(Err(err.clone()));
+            if let Some(reply) = p.reply {
+                reply.fail(err.clone());
             }
+            slots.push(Slot {
+                topic: p.record.topic.to_string(),
+                queue_id: p.record.queue_id,
+                queue_offset: p.record.queue_offset,
+            });
         }
+        self.abandon(slots);
     }
 
     fn expire(&self, now: Instant) {
         for p in self.pending.borrow_mut().iter_mut() {
-            if p.record.deadline.is_some_and(|d| d <= now) {
-                if let Some(reply) = p.record.reply.take() {
-                    reply.complete(Ok((PutStatus::FlushDiskTimeout, None)));
+            if p.reply
+                .as_ref()
+                .is_some_and(|r| r.deadline().is_some_and(|d| d <= now))
+            {
+                if let Some(reply) = p.reply.take() {
+                    reply.complete(PutStatus::FlushDiskTimeout);
                 }
             }
         }
-        self.cqs.expire(now);
     }
 
     /// Shutdown, first step (on every shard before the second): no new puts; everything
-    /// appended is written, flushed and dispatched.
+    /// accepted is appended, written, flushed and dispatched.
     pub async fn shutdown_sources(&self) -> Result<(), String> {
         self.closing.set(true);
+        loop {
+            let generation = self.staged_event.generation();
+            if self.cl.stopped() || (!self.reserving.get() && self.staged.borrow().is_empty()) {
+                break;
+            }
+            self.staged_event.wait_past(generation).await;
+        }
         self.cl.kick();
         self.cl.drain().await?;
         self.cl
@@ -339,12 +596,9 @@ impl Shard {
         Ok(())
     }
 
-    /// Shutdown, second step: every dispatched entry is applied and flushed, puts answered,
-    /// checkpoints written, tasks stopped.
-    pub async fn shutdown_owner(
-        &self,
-        intake: &flume::Receiver<DispatchBatch>,
-    ) -> Result<(), String> {
+    /// Shutdown, second step: every dispatched entry is applied and flushed, checkpoints
+    /// written, tasks stopped.
+    pub async fn shutdown_owner(&self, intake: &flume::Receiver<Intake>) -> Result<(), String> {
         loop {
             let generation = self.intake_idle.generation();
             if intake.is_empty() && !self.intake_busy.get() {
@@ -373,6 +627,7 @@ impl Shard {
         self.cl.stop();
         self.cqs.cq.stop();
         self.intake_idle.notify();
+        self.staged_event.notify();
     }
 
     /// After `stop`: waits for what is still in flight, then closes every file.
@@ -382,6 +637,25 @@ impl Shard {
         self.reader.close_files().await;
         self.cl.close_files().await;
         self.cqs.cq.close_files().await;
+    }
+}
+
+/// Runs rounds of reservations while puts are staged.
+async fn stager(shard: Rc<Shard>) {
+    loop {
+        let generation = shard.staged_event.generation();
+        if shard.staged.borrow().is_empty() {
+            if shard.cl.stopped() {
+                return;
+            }
+            shard.staged_event.wait_past(generation).await;
+            continue;
+        }
+        shard.reserving.set(true);
+        let round: Vec<Staged> = shard.staged.borrow_mut().drain(..).collect();
+        shard.run_round(round).await;
+        shard.reserving.set(false);
+        shard.staged_event.notify();
     }
 }
 
@@ -401,15 +675,37 @@ async fn dispatcher(shard: Rc<Shard>) {
     }
 }
 
-/// Applies dispatch batches from every source, waiting for room in the ConsumeQueue log.
-async fn intake_loop(shard: Rc<Shard>, rx: flume::Receiver<DispatchBatch>) {
-    while let Ok(batch) = rx.recv_async().await {
+/// Answers reservations and applies dispatch batches from every source, waiting for room in
+/// the ConsumeQueue log.
+async fn intake_loop(shard: Rc<Shard>, rx: flume::Receiver<Intake>) {
+    while let Ok(msg) = rx.recv_async().await {
         shard.intake_busy.set(true);
-        let need = ConsumeQueues::batch_bytes(&batch);
-        shard.cqs.cq.wait_for_room(need).await;
-        shard.cqs.apply(batch);
+        match msg {
+            Intake::Reserve { runs, reply } => reply.send(shard.cqs.reserve(&runs)),
+            Intake::Dispatch(batch) => {
+                let need = shard.cqs.batch_bytes(&batch.records);
+                shard.cqs.cq.wait_for_room(need).await;
+                shard.cqs.apply(batch);
+            }
+            Intake::Abandon(slots) => {
+                let need = shard.cqs.batch_bytes(&[]) * (1 + slots.len());
+                shard.cqs.cq.wait_for_room(need).await;
+                shard.cqs.abandon(slots);
+            }
+        }
         shard.intake_busy.set(false);
         shard.intake_idle.notify();
+    }
+}
+
+/// A ConsumeQueue log I/O error stops the shard's puts too: the shard stops taking writes and
+/// says why, as for its CommitLog.
+async fn stop_with_queues(shard: Rc<Shard>) {
+    shard.cqs.cq.wait_until(|_| false).await;
+    if let Some(reason) = shard.cqs.cq.failure() {
+        shard
+            .cl
+            .fail(format!("its ConsumeQueue log failed: {reason}"));
     }
 }
 

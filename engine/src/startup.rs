@@ -7,7 +7,8 @@
 //!    per source shard, how far that source is covered (its marks);
 //! 3. each source scans its CommitLog from the lowest mark and returns, per owner, the
 //!    records that owner lacks;
-//! 4. each owner applies them in a fixed order (source 0 first) and flushes;
+//! 4. each owner places them at the queue offsets their records hold, turns offsets nobody
+//!    filled (reserved for records that did not survive) into skips, and flushes;
 //! 5. all serve.
 
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use glommio::LocalExecutorBuilder;
 use crate::config::StoreConfig;
 use crate::consumequeue::read::ClReader;
 use crate::consumequeue::ConsumeQueues;
-use crate::dispatch::{DispatchBatch, DispatchRecord};
+use crate::dispatch::{DispatchBatch, DispatchRecord, Intake};
 use crate::error::{OpenError, RecoveryError};
 use crate::filter::tag_hash;
 use crate::log::recovery::RecoveryReport;
@@ -58,8 +59,8 @@ pub struct ShardThread {
     pub requests: flume::Receiver<Request>,
     pub ctl: flume::Receiver<Ctl>,
     pub init: flume::Sender<Init>,
-    pub dispatch_tx: Vec<flume::Sender<DispatchBatch>>,
-    pub intake: flume::Receiver<DispatchBatch>,
+    pub dispatch_tx: Vec<flume::Sender<Intake>>,
+    pub intake: flume::Receiver<Intake>,
 }
 
 fn recovery(shard: usize) -> impl Fn(RecoveryError) -> OpenError {
@@ -215,21 +216,21 @@ async fn missing_records(
         }
         out[owner].push(DispatchRecord {
             tag_hash: tag_hash(m.tags()),
-            topic: m.topic,
+            topic: m.topic.into(),
             queue_id: m.queue_id,
+            queue_offset: m.queue_offset,
             source,
             cl_offset: offset,
             size: m.total_size,
             store_timestamp_ms: m.store_timestamp_ms,
-            deadline: None,
-            reply: None,
         });
     })
     .await?;
     Ok(out)
 }
 
-/// Applies re-dispatched records in the given order, then makes them durable.
+/// Places re-dispatched records at the queue offsets their records hold, turns the offsets
+/// nobody filled into skips, then makes the log durable.
 async fn catch_up(cqs: &Rc<ConsumeQueues>, batches: Vec<DispatchBatch>) -> Result<(), String> {
     for batch in batches {
         let (source, upto) = (batch.source, batch.upto);
@@ -237,45 +238,45 @@ async fn catch_up(cqs: &Rc<ConsumeQueues>, batches: Vec<DispatchBatch>) -> Resul
         loop {
             let chunk: Vec<DispatchRecord> = records.by_ref().take(APPLY_CHUNK_RECORDS).collect();
             let last = records.peek().is_none();
-            let part = DispatchBatch {
-                source,
-                upto: if last { upto } else { 0 },
-                records: chunk,
-            };
-            let need = ConsumeQueues::batch_bytes(&part);
+            let need = cqs.batch_bytes(&chunk);
             cqs.cq.wait_for_room(need).await;
             if let Some(reason) = cqs.cq.failure() {
                 return Err(reason);
             }
-            cqs.apply(part);
+            cqs.apply(DispatchBatch {
+                source,
+                upto: if last { upto } else { 0 },
+                records: chunk,
+            });
             if last {
                 break;
             }
         }
     }
+    cqs.cq.wait_for_room(cqs.seal_bytes()).await;
+    cqs.seal();
     cqs.cq.drain().await?;
     cqs.cq
         .flush_once()
         .await
         .map_err(|_| cqs.cq.failure().unwrap_or_default())?;
-    cqs.ack_upto(cqs.cq.flushed());
     Ok(())
 }
 
 /// The shard's request loop: until shutdown, or until every sender is gone (a dropped store).
-async fn serve(
-    shard: &Rc<Shard>,
-    rx: &flume::Receiver<Request>,
-    intake: &flume::Receiver<DispatchBatch>,
-) {
+async fn serve(shard: &Rc<Shard>, rx: &flume::Receiver<Request>, intake: &flume::Receiver<Intake>) {
     while let Ok(request) = rx.recv_async().await {
         match request {
             Request::Put(msgs, sink) => {
                 // Off-shard callers wait for room rather than get `Busy`: the bounded channel
                 // already pushes back on them.
-                let bytes = shard.sizes(msgs.as_slice()).map_or(0, |s| s.iter().sum());
-                shard.cl.wait_for_room(bytes).await;
-                shard.put(msgs, sink);
+                match shard.sizes(&msgs) {
+                    Ok(sizes) => {
+                        shard.cl.wait_for_room(sizes.total()).await;
+                        shard.put_sized(msgs, sizes, sink);
+                    }
+                    Err(e) => sink.fail(e),
+                }
             }
             Request::Read(shard_id, offset, reply) => {
                 let shard = shard.clone();
@@ -287,12 +288,18 @@ async fn serve(
             Request::Get(req, reply) => {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
+                    settled(&shard, &req.topic, req.queue_id, Some(req.offset)).await;
                     let _ = reply.send(shard.cqs.get(&shard.reader, &req).await);
                 })
                 .detach();
             }
             Request::Offsets(topic, queue_id, reply) => {
-                let _ = reply.send(shard.cqs.offsets(&topic, queue_id));
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    settled(&shard, &topic, queue_id, None).await;
+                    let _ = reply.send(shard.cqs.offsets(&topic, queue_id));
+                })
+                .detach();
             }
             Request::OffsetForTime(topic, queue_id, at_ms, reply) => {
                 let _ = reply.send(shard.cqs.offset_for_time(&topic, queue_id, at_ms));
@@ -310,6 +317,23 @@ async fn serve(
             }
         }
     }
+}
+
+/// Waits (at most the sync flush timeout) for the offsets of `(topic, queue)` reserved so
+/// far, or for the reserved offset `upto`, to become visible: a reader sees every put
+/// acknowledged before it asked.
+async fn settled(shard: &Rc<Shard>, topic: &str, queue_id: u32, upto: Option<u64>) {
+    let Some(rx) = shard.cqs.in_flight(topic, queue_id, upto) else {
+        return;
+    };
+    let timeout = shard.config.sync_flush_timeout();
+    futures_lite::future::or(
+        async {
+            let _ = rx.recv_async().await;
+        },
+        glommio::timer::sleep(timeout),
+    )
+    .await;
 }
 
 fn wait_for(

@@ -37,6 +37,7 @@ fn stale_record(claimed_offset: u64) -> Vec<u8> {
     let mut out = vec![0u8; encoded_len(&m).unwrap()];
     let stamp = StoreStamp {
         physical_offset: claimed_offset,
+        queue_offset: 0,
         store_timestamp_ms: 1,
         store_host: "127.0.0.1:1".parse().unwrap(),
     };

@@ -1,11 +1,13 @@
 //! The ConsumeQueues a shard owns: every `(topic, queue)` whose hash picks this shard.
 //!
-//! Dispatch batches arrive from every source shard; the owner assigns each record the next
-//! offset of its queue, appends an entry to its ConsumeQueue log (one log per shard, shared by
-//! all its queues: 10 000 queues cost no more files, preallocation or write calls than one)
-//! and keeps the queue's entries in memory for reads. Under SYNC_FLUSH an entry becomes
-//! visible to readers, and its put is acknowledged, only once the log flush covering it
-//! completed; under ASYNC_FLUSH at once.
+//! Sources reserve queue offsets here before appending (the offset is stored in the
+//! CommitLog record, so the record's flush makes it durable). Dispatch records arrive once
+//! their records are written (ASYNC_FLUSH) or flushed (SYNC_FLUSH) and fill the reserved
+//! slots; as each queue's reserved prefix fills in, its entries become visible to readers and
+//! are appended to the ConsumeQueue log (one log per shard, shared by all its queues: 10 000
+//! queues cost no more files, preallocation or write calls than one). The log is an index
+//! that recovery could rebuild from the CommitLog, so nothing waits for its flush; it is
+//! flushed on its own interval and keeps recovery short.
 
 pub mod read;
 pub mod record;
@@ -14,20 +16,20 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 
 use crate::config::{FlushMode, StoreConfig};
-use crate::dispatch::{DispatchBatch, DispatchRecord, ReplyPart};
-use crate::error::{PutError, RecoveryError};
+use crate::dispatch::{DispatchBatch, DispatchRecord, Run, Slot};
+use crate::error::RecoveryError;
 use crate::log::recovery::{RecoveryReport, SealedPolicy, Step};
 use crate::log::{FlushPolicy, Log, LogShared, LogSpec};
 use crate::meta::FnvBuild;
-use crate::store::PutStatus;
 use record::{CqEntry, CqRecord};
 
-/// An entry as a reader needs it (the topic and queue are the map's keys).
+/// An entry as a reader needs it (the topic and queue are the map's keys). An entry of size 0
+/// is a *skip*: an offset reserved for a record that never became durable; it holds no message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueEntry {
     pub source: u16,
@@ -37,19 +39,41 @@ pub struct QueueEntry {
     pub time_ms: i64,
 }
 
-/// One queue: dense offsets `min .. min + entries.len()`, of which those below `visible` may
-/// be read.
+impl QueueEntry {
+    pub fn skip(time_ms: i64) -> Self {
+        QueueEntry {
+            source: 0,
+            cl_offset: 0,
+            size: 0,
+            tag_hash: 0,
+            time_ms,
+        }
+    }
+
+    pub fn is_skip(&self) -> bool {
+        self.size == 0
+    }
+}
+
+/// One queue: visible entries at offsets `min .. visible()`, then the offsets sources have
+/// reserved but not yet dispatched (`None`) or dispatched ahead of an earlier one (`Some`).
 #[derive(Debug, Default)]
 pub struct Queue {
     pub min: u64,
     pub entries: VecDeque<QueueEntry>,
-    pub visible: u64,
+    reserved: VecDeque<Option<QueueEntry>>,
     waiters: Vec<(u64, flume::Sender<bool>)>,
 }
 
 impl Queue {
-    pub fn assigned(&self) -> u64 {
+    /// One past the last offset readers may see.
+    pub fn visible(&self) -> u64 {
         self.min + self.entries.len() as u64
+    }
+
+    /// The next offset to reserve.
+    pub fn next(&self) -> u64 {
+        self.visible() + self.reserved.len() as u64
     }
 
     pub fn entry(&self, offset: u64) -> Option<&QueueEntry> {
@@ -58,12 +82,8 @@ impl Queue {
             .and_then(|i| self.entries.get(i as usize))
     }
 
-    fn make_visible(&mut self, upto: u64) {
-        if upto <= self.visible {
-            return;
-        }
-        self.visible = upto;
-        let visible = self.visible;
+    fn wake(&mut self) {
+        let visible = self.visible();
         self.waiters.retain(|(offset, tx)| {
             if *offset < visible {
                 let _ = tx.send(true);
@@ -75,26 +95,20 @@ impl Queue {
     }
 }
 
-struct PendingAck {
-    cq_end: u64,
-    topic: String,
-    queue_id: u32,
-    queue_offset: u64,
-    deadline: Option<Instant>,
-    reply: Option<ReplyPart>,
-}
-
 /// Bytes the ConsumeQueue log may hold appended but unwritten.
 const CQ_BUFFER_MAX_BYTES: usize = 16 << 20;
 
 pub struct ConsumeQueues {
     pub shard: usize,
-    acks_on_flush: bool,
     pub cq: Rc<Log>,
     pub queues: RefCell<HashMap<String, BTreeMap<u32, Queue>, FnvBuild>>,
-    pending: RefCell<VecDeque<PendingAck>>,
-    /// Per source shard: its CommitLog below this is wholly in this log (entries or skipped).
+    /// Per source shard: its CommitLog below this is wholly in this log (as entries or skips).
     pub marks: RefCell<Vec<u64>>,
+    /// Per source: the highest watermark received.
+    received: RefCell<Vec<u64>>,
+    /// Per source: its records dispatched but parked behind an earlier reserved offset of
+    /// their queue (not yet in the log, so the mark stays below them).
+    parked: RefCell<Vec<Parked>>,
 }
 
 fn spec(id: usize, config: &StoreConfig, cl_ends: Vec<u64>) -> LogSpec {
@@ -107,13 +121,12 @@ fn spec(id: usize, config: &StoreConfig, cl_ends: Vec<u64>) -> LogSpec {
         chunk_bytes: 64 << 10,
         writes_in_flight_max: 8,
         buffer_max_bytes: CQ_BUFFER_MAX_BYTES,
-        flush: match config.flush_mode {
-            FlushMode::Sync => FlushPolicy::Group,
-            FlushMode::Async => FlushPolicy::Interval {
-                interval: Duration::from_millis(config.consume_queue_flush_interval_ms),
-                least_pages: config.consume_queue_flush_least_pages,
-                thorough: Duration::from_millis(config.flush_thorough_interval_ms),
-            },
+        // Nothing waits for this log's flush (the CommitLog holds every queue offset), so it
+        // flushes on its own interval in both modes.
+        flush: FlushPolicy::Interval {
+            interval: Duration::from_millis(config.consume_queue_flush_interval_ms),
+            least_pages: config.consume_queue_flush_least_pages,
+            thorough: Duration::from_millis(config.flush_thorough_interval_ms),
         },
         checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
         plan: config.fault_plan.clone(),
@@ -143,22 +156,23 @@ impl ConsumeQueues {
         let (cq, report) = Log::open(spec(id, config, cl_ends), shared).await?;
         let cqs = Rc::new(ConsumeQueues {
             shard: id,
-            acks_on_flush: config.flush_mode == FlushMode::Sync,
             cq,
             queues: RefCell::default(),
-            pending: RefCell::default(),
             marks: RefCell::new(vec![0; shards]),
+            received: RefCell::new(vec![0; shards]),
+            parked: RefCell::new((0..shards).map(|_| Parked::default()).collect()),
         });
         cqs.rebuild().await.map_err(|source| RecoveryError::Io {
             what: "cannot read the ConsumeQueue log in",
             path: cqs.cq.spec.dir.clone(),
             source,
         })?;
-        cqs.cq.spawn(acker(cqs.clone()));
+        *cqs.received.borrow_mut() = cqs.marks.borrow().clone();
         Ok((cqs, report))
     }
 
-    /// Reloads every queue from the log (all of it is visible: recovery made it durable).
+    /// Reloads every queue from the log (all of it is visible: its entries point at CommitLog
+    /// bytes that survived).
     async fn rebuild(&self) -> std::io::Result<()> {
         let first = self
             .cq
@@ -179,20 +193,19 @@ impl ConsumeQueues {
         for r in records {
             match r {
                 CqRecord::Entry(e) => self.load_entry(e),
-                CqRecord::Watermark { source, upto } => self.raise_mark(source, upto),
+                // Only watermarks move marks: entries after the last one may have been
+                // appended out of CommitLog order (a queue's prefix filling in late).
+                CqRecord::Watermark { source, upto } => {
+                    if let Some(m) = self.marks.borrow_mut().get_mut(source as usize) {
+                        *m = (*m).max(upto);
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    fn raise_mark(&self, source: u16, upto: u64) {
-        if let Some(m) = self.marks.borrow_mut().get_mut(source as usize) {
-            *m = (*m).max(upto);
-        }
-    }
-
     fn load_entry(&self, e: CqEntry) {
-        self.raise_mark(e.source, e.cl_offset + e.size as u64);
         let mut queues = self.queues.borrow_mut();
         let q = queues
             .entry(e.topic)
@@ -202,11 +215,11 @@ impl ConsumeQueues {
         if q.entries.is_empty() {
             q.min = e.queue_offset;
         }
-        if e.queue_offset != q.assigned() {
+        if e.queue_offset != q.visible() {
             tracing::error!(
                 shard = self.shard,
                 queue = e.queue_id,
-                expected = q.assigned(),
+                expected = q.visible(),
                 found = e.queue_offset,
                 "ConsumeQueue entry out of sequence; ignored"
             );
@@ -219,148 +232,232 @@ impl ConsumeQueues {
             tag_hash: e.tag_hash,
             time_ms: e.time_ms,
         });
-        q.visible = q.assigned();
     }
 
-    /// Bytes a batch will take in the log, for the room check.
-    pub fn batch_bytes(batch: &DispatchBatch) -> usize {
-        batch
-            .records
+    /// Bytes a batch may take in the log, for the room check.
+    pub fn batch_bytes(&self, records: &[DispatchRecord]) -> usize {
+        records
             .iter()
             .map(|r| record::entry_len(&r.topic))
             .sum::<usize>()
-            + record::WATERMARK_LEN
+            + record::WATERMARK_LEN * self.marks.borrow().len()
     }
 
-    /// Assigns queue offsets to a batch and appends its entries and watermark.
+    /// Reserves `count` offsets per run; returns each run's first.
+    pub fn reserve(&self, runs: &[Run]) -> Vec<u64> {
+        let mut queues = self.queues.borrow_mut();
+        runs.iter()
+            .map(|run| {
+                let q = queue_mut(&mut queues, &run.topic, run.queue_id);
+                let first = q.next();
+                q.reserved
+                    .extend(std::iter::repeat_n(None, run.count as usize));
+                first
+            })
+            .collect()
+    }
+
+    /// Reserves one offset (a put of one message to a queue this shard owns).
+    pub fn reserve_one(&self, topic: &str, queue_id: u32) -> u64 {
+        let mut queues = self.queues.borrow_mut();
+        let q = queue_mut(&mut queues, topic, queue_id);
+        let at = q.next();
+        q.reserved.push_back(None);
+        at
+    }
+
+    /// Fills the reserved slots of a batch's records, appends what became contiguous and the
+    /// watermarks that rose.
     pub fn apply(&self, batch: DispatchBatch) {
-        if let Some(reason) = self.cq.failure() {
-            let err = PutError::ShardFailed {
-                shard: self.shard,
-                reason,
-            };
-            batch
-                .records
-                .into_iter()
-                .filter_map(|r| r.reply)
-                .for_each(|p| p.complete(Err(err.clone())));
-            return;
-        }
         for r in batch.records {
-            self.apply_one(r);
+            self.place(r);
         }
-        let mark = CqRecord::Watermark {
-            source: batch.source,
-            upto: batch.upto,
-        };
-        self.cq.append(record::WATERMARK_LEN, |pos, out| {
-            record::encode(&mark, pos, out)
-        });
-        self.raise_mark(batch.source, batch.upto);
+        if let Some(got) = self.received.borrow_mut().get_mut(batch.source as usize) {
+            *got = (*got).max(batch.upto);
+        }
+        self.write_marks();
         self.cq.kick();
     }
 
-    fn apply_one(&self, r: DispatchRecord) {
+    /// Reserved offsets whose records will never come: skip entries.
+    pub fn abandon(&self, slots: Vec<Slot>) {
+        for s in slots {
+            let mut queues = self.queues.borrow_mut();
+            let q = queue_mut(&mut queues, &s.topic, s.queue_id);
+            let Some(idx) = s.queue_offset.checked_sub(q.visible()) else {
+                continue;
+            };
+            if let Some(slot @ None) = q.reserved.get_mut(idx as usize) {
+                *slot = Some(QueueEntry::skip(0));
+            }
+            self.settle(&s.topic, s.queue_id, q);
+        }
+        self.write_marks();
+        self.cq.kick();
+    }
+
+    /// Bytes `seal` will append.
+    pub fn seal_bytes(&self) -> usize {
+        let queues = self.queues.borrow();
+        let holes: usize = queues
+            .iter()
+            .flat_map(|(topic, qs)| {
+                qs.values().map(move |q| {
+                    q.reserved.iter().filter(|s| s.is_none()).count() * record::entry_len(topic)
+                })
+            })
+            .sum();
+        holes + record::WATERMARK_LEN * self.marks.borrow().len()
+    }
+
+    /// Recovery, after every re-dispatched record was placed: offsets nobody filled were
+    /// reserved for records that did not survive; they become skips.
+    pub fn seal(&self) {
         let mut queues = self.queues.borrow_mut();
-        let topic = match queues.get_mut(r.topic.as_str()) {
-            Some(t) => t,
-            None => queues.entry(r.topic.clone()).or_default(),
-        };
-        let q = topic.entry(r.queue_id).or_default();
-        let queue_offset = q.assigned();
-        let entry = CqEntry {
-            topic: r.topic,
-            queue_id: r.queue_id,
-            queue_offset,
+        for (topic, qs) in queues.iter_mut() {
+            for (&queue_id, q) in qs.iter_mut() {
+                for slot in q.reserved.iter_mut().filter(|s| s.is_none()) {
+                    *slot = Some(QueueEntry::skip(0));
+                }
+                self.settle(topic, queue_id, q);
+            }
+        }
+        drop(queues);
+        self.write_marks();
+        self.cq.kick();
+    }
+
+    fn place(&self, r: DispatchRecord) {
+        let mut queues = self.queues.borrow_mut();
+        let q = queue_mut(&mut queues, &r.topic, r.queue_id);
+        let entry = QueueEntry {
             source: r.source,
             cl_offset: r.cl_offset,
             size: r.size,
             tag_hash: r.tag_hash,
             time_ms: r.store_timestamp_ms,
         };
-        q.entries.push_back(QueueEntry {
-            source: entry.source,
-            cl_offset: entry.cl_offset,
-            size: entry.size,
-            tag_hash: entry.tag_hash,
-            time_ms: entry.time_ms,
-        });
-        let len = record::entry_len(&entry.topic);
-        let topic = entry.topic.clone();
-        let rec = CqRecord::Entry(entry);
-        let at = self
-            .cq
-            .append(len, |pos, out| record::encode(&rec, pos, out));
-        if self.acks_on_flush {
-            self.pending.borrow_mut().push_back(PendingAck {
-                cq_end: at + len as u64,
-                topic,
-                queue_id: r.queue_id,
-                queue_offset,
-                deadline: r.deadline,
-                reply: r.reply,
-            });
-        } else {
-            q.make_visible(queue_offset + 1);
-            if let Some(reply) = r.reply {
-                reply.complete(Ok((PutStatus::PutOk, Some(queue_offset))));
+        let Some(idx) = r.queue_offset.checked_sub(q.visible()) else {
+            // Recovery re-dispatches records whose entries follow the log's last watermark.
+            if q.entry(r.queue_offset) != Some(&entry) {
+                tracing::error!(
+                    shard = self.shard,
+                    topic = &*r.topic,
+                    queue = r.queue_id,
+                    offset = r.queue_offset,
+                    "dispatched record's queue offset is already taken; ignored"
+                );
             }
-        }
-    }
-
-    /// Entries covered by the log's flush become visible and their puts are answered.
-    pub(crate) fn ack_upto(&self, flushed: u64) {
-        let mut pending = self.pending.borrow_mut();
-        let mut queues = self.queues.borrow_mut();
-        while pending.front().is_some_and(|p| p.cq_end <= flushed) {
-            let Some(p) = pending.pop_front() else { break };
-            if let Some(q) = queues
-                .get_mut(p.topic.as_str())
-                .and_then(|t| t.get_mut(&p.queue_id))
-            {
-                q.make_visible(p.queue_offset + 1);
-            }
-            if let Some(reply) = p.reply {
-                reply.complete(Ok((PutStatus::PutOk, Some(p.queue_offset))));
-            }
-        }
-    }
-
-    /// SYNC_FLUSH puts past their deadline answer FLUSH_DISK_TIMEOUT; the entry stays.
-    pub fn expire(&self, now: Instant) {
-        for p in self.pending.borrow_mut().iter_mut() {
-            if p.deadline.is_some_and(|d| d <= now) {
-                if let Some(reply) = p.reply.take() {
-                    reply.complete(Ok((PutStatus::FlushDiskTimeout, Some(p.queue_offset))));
-                }
-            }
-        }
-    }
-
-    fn fail_pending(&self, reason: String) {
-        let err = PutError::ShardFailed {
-            shard: self.shard,
-            reason,
+            return;
         };
-        for p in self.pending.borrow_mut().drain(..) {
-            if let Some(reply) = p.reply {
-                reply.complete(Err(err.clone()));
+        let idx = idx as usize;
+        if idx >= q.reserved.len() {
+            // Only recovery places records nobody reserved in this run.
+            q.reserved.resize(idx + 1, None);
+        }
+        if q.reserved[idx].is_some() {
+            tracing::error!(
+                shard = self.shard,
+                topic = &*r.topic,
+                queue = r.queue_id,
+                offset = r.queue_offset,
+                "queue offset dispatched twice; ignored"
+            );
+            return;
+        }
+        q.reserved[idx] = Some(entry);
+        if idx > 0 {
+            if let Some(p) = self.parked.borrow_mut().get_mut(r.source as usize) {
+                p.park(r.cl_offset);
+            }
+            return;
+        }
+        self.settle(&r.topic, r.queue_id, q);
+    }
+
+    /// Moves the queue's filled reserved prefix into its visible entries and the log.
+    fn settle(&self, topic: &str, queue_id: u32, q: &mut Queue) {
+        let before = q.visible();
+        while let Some(Some(_)) = q.reserved.front() {
+            let Some(Some(mut e)) = q.reserved.pop_front() else {
+                break;
+            };
+            let queue_offset = q.visible();
+            if e.is_skip() {
+                e.time_ms = q.entries.back().map_or(0, |p| p.time_ms);
+            } else if let Some(p) = self.parked.borrow_mut().get_mut(e.source as usize) {
+                p.settled(e.cl_offset);
+            }
+            q.entries.push_back(e);
+            if self.cq.failure().is_none() {
+                let rec = record::EntryRef {
+                    topic,
+                    queue_id,
+                    queue_offset,
+                    source: e.source,
+                    cl_offset: e.cl_offset,
+                    size: e.size,
+                    tag_hash: e.tag_hash,
+                    time_ms: e.time_ms,
+                };
+                self.cq.append(record::entry_len(topic), |pos, out| {
+                    record::encode_entry(rec, pos, out)
+                });
             }
         }
+        if q.visible() > before {
+            q.wake();
+        }
+    }
+
+    /// Appends a watermark for every source whose mark rose: all its records below the mark
+    /// are in the log.
+    fn write_marks(&self) {
+        let received = self.received.borrow();
+        let parked = self.parked.borrow();
+        let mut marks = self.marks.borrow_mut();
+        for (source, mark) in marks.iter_mut().enumerate() {
+            let safe = parked[source]
+                .first()
+                .map_or(received[source], |p| p.min(received[source]));
+            if safe > *mark && self.cq.failure().is_none() {
+                *mark = safe;
+                self.cq.append(record::WATERMARK_LEN, |pos, out| {
+                    record::encode_watermark(source as u16, safe, pos, out)
+                });
+            }
+        }
+    }
+
+    /// What a reader must wait for to see every offset reserved so far (`upto = None`), or the
+    /// reserved offset `upto`: a receiver that fires once the queue shows it, or `None` if
+    /// there is nothing in flight to wait for. Dispatch lags acknowledgement by one channel
+    /// hop; waiting here gives readers the queue as of every put acknowledged before them.
+    pub fn in_flight(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        upto: Option<u64>,
+    ) -> Option<flume::Receiver<bool>> {
+        let (visible, next) = {
+            let queues = self.queues.borrow();
+            let q = queues.get(topic).and_then(|t| t.get(&queue_id))?;
+            (q.visible(), q.next())
+        };
+        let want = match upto {
+            Some(offset) if (visible..next).contains(&offset) => offset,
+            Some(_) => return None,
+            None if next > visible => next - 1,
+            None => return None,
+        };
+        self.watch(topic, queue_id, want)
     }
 
     /// Registers interest in `(topic, queue)` passing `offset`; `None` if it already has.
     pub fn watch(&self, topic: &str, queue_id: u32, offset: u64) -> Option<flume::Receiver<bool>> {
         let mut queues = self.queues.borrow_mut();
-        let q = match queues.get_mut(topic) {
-            Some(t) => t.entry(queue_id).or_default(),
-            None => queues
-                .entry(topic.to_owned())
-                .or_default()
-                .entry(queue_id)
-                .or_default(),
-        };
-        if q.visible > offset {
+        let q = queue_mut(&mut queues, topic, queue_id);
+        if q.visible() > offset {
             return None;
         }
         let (tx, rx) = flume::bounded(1);
@@ -369,18 +466,50 @@ impl ConsumeQueues {
     }
 }
 
-/// Answers SYNC_FLUSH puts as the log's flushes cover their entries; fails them if it fails.
-async fn acker(cqs: Rc<ConsumeQueues>) {
-    loop {
-        let generation = cqs.cq.progress.generation();
-        if let Some(reason) = cqs.cq.failure() {
-            cqs.fail_pending(reason);
-            return;
-        }
-        cqs.ack_upto(cqs.cq.flushed());
-        if cqs.cq.stopped() {
-            return;
-        }
-        cqs.cq.progress.wait_past(generation).await;
+/// One source's parked records, by CommitLog offset. They arrive in CommitLog order (a
+/// source dispatches in order), so they are pushed at the back; they settle in any order, and
+/// settled ones leave from the front.
+#[derive(Debug, Default)]
+pub struct Parked {
+    records: VecDeque<(u64, bool)>,
+}
+
+impl Parked {
+    fn park(&mut self, cl_offset: u64) {
+        debug_assert!(self
+            .records
+            .back()
+            .is_none_or(|&(last, _)| last < cl_offset));
+        self.records.push_back((cl_offset, false));
     }
+
+    fn settled(&mut self, cl_offset: u64) {
+        if let Ok(i) = self.records.binary_search_by_key(&cl_offset, |&(o, _)| o) {
+            self.records[i].1 = true;
+        }
+        while self.records.front().is_some_and(|&(_, done)| done) {
+            self.records.pop_front();
+        }
+    }
+
+    /// The lowest parked offset.
+    fn first(&self) -> Option<u64> {
+        self.records.front().map(|&(o, _)| o)
+    }
+}
+
+fn queue_mut<'a>(
+    queues: &'a mut HashMap<String, BTreeMap<u32, Queue>, FnvBuild>,
+    topic: &str,
+    queue_id: u32,
+) -> &'a mut Queue {
+    // Two lookups only when a topic first appears: the hot path does not allocate a key.
+    if !queues.contains_key(topic) {
+        queues.insert(topic.to_owned(), BTreeMap::new());
+    }
+    queues
+        .get_mut(topic)
+        .expect("topic inserted above")
+        .entry(queue_id)
+        .or_default()
 }

@@ -199,7 +199,7 @@ impl ConsumeQueues {
             else {
                 return Ok(empty(GetStatus::NoMatchedLogicQueue, 0, 0, 0));
             };
-            let (min, max) = (q.min, q.visible);
+            let (min, max) = (q.min, q.visible());
             if max == min && min == 0 {
                 return Ok(empty(GetStatus::NoNewMsg, 0, min, max));
             }
@@ -219,7 +219,10 @@ impl ConsumeQueues {
                 && candidates.len() < want
                 && at - req.offset < FILTER_SCAN_ENTRIES_MAX.max(want as u64)
             {
-                if let Some(e) = q.entry(at).filter(|e| req.filter.matches_hash(e.tag_hash)) {
+                let found = q.entry(at);
+                if let Some(e) =
+                    found.filter(|e| !e.is_skip() && req.filter.matches_hash(e.tag_hash))
+                {
                     candidates.push((at, *e));
                 }
                 at += 1;
@@ -278,7 +281,7 @@ impl ConsumeQueues {
             .borrow()
             .get(topic)
             .and_then(|t| t.get(&queue_id))
-            .map(|q| (q.min, q.visible))
+            .map(|q| (q.min, q.visible()))
     }
 
     /// The first offset whose store time is at or after `timestamp_ms` (the max offset if none).
@@ -287,7 +290,7 @@ impl ConsumeQueues {
         let q = queues.get(topic).and_then(|t| t.get(&queue_id))?;
         // Store times grow along a queue up to the interleaving of different source shards
         // (milliseconds): a binary search, like RocketMQ's lookup by time.
-        let visible = (q.visible - q.min) as usize;
+        let visible = (q.visible() - q.min) as usize;
         let idx = q
             .entries
             .partition_point(|e| e.time_ms < timestamp_ms)

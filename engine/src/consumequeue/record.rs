@@ -46,36 +46,81 @@ pub fn entry_len(topic: &str) -> usize {
 
 pub const WATERMARK_LEN: usize = CQ_HEADER_LEN;
 
+/// The fields of an entry, borrowed (the owner encodes entries without building a
+/// [`CqEntry`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EntryRef<'a> {
+    pub topic: &'a str,
+    pub queue_id: u32,
+    pub queue_offset: u64,
+    pub source: u16,
+    pub cl_offset: u64,
+    pub size: u32,
+    pub tag_hash: u64,
+    pub time_ms: i64,
+}
+
+impl CqEntry {
+    pub fn as_ref(&self) -> EntryRef<'_> {
+        EntryRef {
+            topic: &self.topic,
+            queue_id: self.queue_id,
+            queue_offset: self.queue_offset,
+            source: self.source,
+            cl_offset: self.cl_offset,
+            size: self.size,
+            tag_hash: self.tag_hash,
+            time_ms: self.time_ms,
+        }
+    }
+}
+
 /// Encodes `record` at log `position` into `out` (exactly its length).
 pub fn encode(record: &CqRecord, position: u64, out: &mut [u8]) {
+    match record {
+        CqRecord::Entry(e) => encode_entry(e.as_ref(), position, out),
+        CqRecord::Watermark { source, upto } => encode_watermark(*source, *upto, position, out),
+    }
+}
+
+fn frame(out: &mut [u8], position: u64) {
     out.fill(0);
     let len = out.len() as u32;
     out[0..4].copy_from_slice(&len.to_le_bytes());
     out[4..8].copy_from_slice(&CQ_MAGIC.to_le_bytes());
     out[16..24].copy_from_slice(&position.to_le_bytes());
-    match record {
-        CqRecord::Entry(e) => {
-            debug_assert_eq!(out.len(), entry_len(&e.topic));
-            out[12] = KIND_ENTRY;
-            out[13] = e.topic.len() as u8;
-            out[14..16].copy_from_slice(&e.source.to_le_bytes());
-            out[24..32].copy_from_slice(&e.queue_offset.to_le_bytes());
-            out[32..40].copy_from_slice(&e.cl_offset.to_le_bytes());
-            out[40..44].copy_from_slice(&e.size.to_le_bytes());
-            out[44..48].copy_from_slice(&e.queue_id.to_le_bytes());
-            out[48..56].copy_from_slice(&e.tag_hash.to_le_bytes());
-            out[56..64].copy_from_slice(&e.time_ms.to_le_bytes());
-            out[64..].copy_from_slice(e.topic.as_bytes());
-        }
-        CqRecord::Watermark { source, upto } => {
-            debug_assert_eq!(out.len(), WATERMARK_LEN);
-            out[12] = KIND_WATERMARK;
-            out[14..16].copy_from_slice(&source.to_le_bytes());
-            out[32..40].copy_from_slice(&upto.to_le_bytes());
-        }
-    }
+}
+
+fn seal(out: &mut [u8]) {
     let crc = crc32fast::hash(&out[12..]);
     out[8..12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Encodes an entry at log `position` into `out` (exactly `entry_len(e.topic)`).
+pub fn encode_entry(e: EntryRef<'_>, position: u64, out: &mut [u8]) {
+    debug_assert_eq!(out.len(), entry_len(e.topic));
+    frame(out, position);
+    out[12] = KIND_ENTRY;
+    out[13] = e.topic.len() as u8;
+    out[14..16].copy_from_slice(&e.source.to_le_bytes());
+    out[24..32].copy_from_slice(&e.queue_offset.to_le_bytes());
+    out[32..40].copy_from_slice(&e.cl_offset.to_le_bytes());
+    out[40..44].copy_from_slice(&e.size.to_le_bytes());
+    out[44..48].copy_from_slice(&e.queue_id.to_le_bytes());
+    out[48..56].copy_from_slice(&e.tag_hash.to_le_bytes());
+    out[56..64].copy_from_slice(&e.time_ms.to_le_bytes());
+    out[64..].copy_from_slice(e.topic.as_bytes());
+    seal(out);
+}
+
+/// Encodes a watermark at log `position` into `out` (exactly `WATERMARK_LEN`).
+pub fn encode_watermark(source: u16, upto: u64, position: u64, out: &mut [u8]) {
+    debug_assert_eq!(out.len(), WATERMARK_LEN);
+    frame(out, position);
+    out[12] = KIND_WATERMARK;
+    out[14..16].copy_from_slice(&source.to_le_bytes());
+    out[32..40].copy_from_slice(&upto.to_le_bytes());
+    seal(out);
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {

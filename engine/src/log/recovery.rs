@@ -429,6 +429,7 @@ mod tests {
         let mut out = vec![0u8; encoded_len(&m).unwrap()];
         let stamp = StoreStamp {
             physical_offset: offset,
+            queue_offset: 0,
             store_timestamp_ms: 1,
             store_host: "127.0.0.1:1".parse().unwrap(),
         };
