@@ -1,7 +1,7 @@
 //! What source shards and queue owners say to each other, over one flume channel per owner
 //! (FIFO per source):
 //!
-//! - [`Intake::Reserve`]: before appending, a source asks the owner of each `(topic, queue)`
+//! - [`Reserve`] (on a channel of its own): before appending, a source asks the owner of each `(topic, queue)`
 //!   for the next offsets of that queue. The offset goes into the CommitLog record, so the
 //!   flush that makes the record durable makes its queue offset durable too (one fdatasync
 //!   per acknowledgement, and recovery rebuilds every queue from the CommitLog alone).
@@ -61,13 +61,31 @@ pub struct Slot {
 
 #[derive(Debug)]
 pub enum Intake {
-    /// Answered with the first offset of each run, in order.
-    Reserve {
-        runs: Vec<Run>,
-        reply: oneshot::Sender<Vec<u64>>,
-    },
     Dispatch(DispatchBatch),
     Abandon(Vec<Slot>),
+}
+
+/// A reservation, answered with the first offset of each run, in order. Reservations travel
+/// on their own channel, answered by their own task: a source waits for the answer before it
+/// can append, so it must not queue behind dispatch batches.
+#[derive(Debug)]
+pub struct Reserve {
+    pub runs: Vec<Run>,
+    pub reply: oneshot::Sender<Vec<u64>>,
+}
+
+/// What an owner receives on.
+#[derive(Debug, Clone)]
+pub struct OwnerInbox {
+    pub intake: flume::Receiver<Intake>,
+    pub reserve: flume::Receiver<Reserve>,
+}
+
+/// How a source reaches one owner.
+#[derive(Debug, Clone)]
+pub struct OwnerLink {
+    pub intake: flume::Sender<Intake>,
+    pub reserve: flume::Sender<Reserve>,
 }
 
 /// Appends consecutive messages of one queue to a run list (a batch to one queue costs one run).

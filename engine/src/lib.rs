@@ -43,4 +43,4 @@ pub use filter::TagFilter;
 pub use io::FaultPlan;
 pub use log::recovery::{CutReport, RecoveryReport};
 pub use record::{MessageInput, StoredMessage};
-pub use store::{PutResult, PutStatus, Store, SHARD_REQUESTS_MAX};
+pub use store::{PutFuture, PutResult, PutStatus, Store, SHARD_REQUESTS_MAX};

@@ -18,7 +18,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::config::{FlushMode, StoreConfig};
 use crate::consumequeue::read::ClReader;
 use crate::consumequeue::ConsumeQueues;
-use crate::dispatch::{push_run, DispatchBatch, DispatchRecord, Intake, Reply, Run, Sink, Slot};
+use crate::dispatch::{
+    push_run, DispatchBatch, DispatchRecord, Intake, OwnerInbox, OwnerLink, Reply, Reserve, Run,
+    Sink, Slot,
+};
 use crate::error::PutError;
 use crate::filter::tag_hash;
 use crate::log::recovery::SealedPolicy;
@@ -104,8 +107,8 @@ pub struct Shard {
     staged_event: LocalEvent,
     /// Appended records waiting for their write or flush, in CommitLog order.
     pending: RefCell<VecDeque<Pending>>,
-    /// One sender per owner shard (this one included).
-    intake_tx: Vec<flume::Sender<Intake>>,
+    /// One link per owner shard (this one included).
+    links: Vec<OwnerLink>,
     /// Topic names shared by dispatch records.
     topics: RefCell<HashMap<String, Arc<str>, FnvBuild>>,
     /// The intake task is handling a message.
@@ -147,8 +150,8 @@ impl Shard {
         cl: Rc<Log>,
         cqs: Rc<ConsumeQueues>,
         reader: ClReader,
-        intake_tx: Vec<flume::Sender<Intake>>,
-        intake: flume::Receiver<Intake>,
+        links: Vec<OwnerLink>,
+        inbox: OwnerInbox,
     ) -> Rc<Shard> {
         let shard = Rc::new(Shard {
             id,
@@ -162,7 +165,7 @@ impl Shard {
             reserving: Cell::new(false),
             staged_event: LocalEvent::default(),
             pending: RefCell::default(),
-            intake_tx,
+            links,
             topics: RefCell::default(),
             intake_busy: Cell::new(false),
             intake_idle: LocalEvent::default(),
@@ -171,7 +174,8 @@ impl Shard {
         // shard, which holds the logs).
         shard.cl.spawn(dispatcher(shard.clone()));
         shard.cl.spawn(stager(shard.clone()));
-        shard.cqs.cq.spawn(intake_loop(shard.clone(), intake));
+        shard.cqs.cq.spawn(intake_loop(shard.clone(), inbox.intake));
+        shard.cqs.cq.spawn(reserver(shard.clone(), inbox.reserve));
         shard.cqs.cq.spawn(stop_with_queues(shard.clone()));
         if shard.config.flush_mode == FlushMode::Sync {
             shard.cl.spawn(flush_timeouts(shard.clone()));
@@ -188,7 +192,7 @@ impl Shard {
     }
 
     fn owners(&self) -> usize {
-        self.intake_tx.len()
+        self.links.len()
     }
 
     fn dispatch_on_flush(&self) -> bool {
@@ -286,7 +290,7 @@ impl Shard {
         match &staged.msgs {
             Puts::One(m) => {
                 let offset = self.cqs.reserve_one(&m.topic, m.queue_id);
-                self.append(staged, &[offset]);
+                self.append(staged, &[offset], now_ms());
             }
             Puts::Many(ms) => {
                 let mut runs = Vec::new();
@@ -296,7 +300,7 @@ impl Shard {
                     .collect();
                 let firsts = self.cqs.reserve(&runs);
                 let offsets: Vec<u64> = places.iter().map(|&(r, k)| firsts[r] + k as u64).collect();
-                self.append(staged, &offsets);
+                self.append(staged, &offsets, now_ms());
             }
         }
         self.cl.kick();
@@ -305,12 +309,12 @@ impl Shard {
     /// One round: reserves the offsets of every staged put from their owners, then appends
     /// the puts in order. If the round cannot finish, its puts fail and whatever was reserved
     /// is given back as skips.
-    async fn run_round(&self, round: Vec<Staged>) {
+    async fn run_round(&self, round: &mut VecDeque<Staged>, places: &mut Vec<(usize, usize, u32)>) {
         let owners = self.owners();
         let mut runs: Vec<Vec<Run>> = (0..owners).map(|_| Vec::new()).collect();
         // One run per queue in the round (its messages keep their order within it).
         let mut index: HashMap<(&str, u32), (usize, usize), FnvBuild> = HashMap::default();
-        let mut places = Vec::new();
+        places.clear();
         for m in round.iter().flat_map(|s| s.msgs.as_slice()) {
             let (owner, run) = *index.entry((&m.topic, m.queue_id)).or_insert_with(|| {
                 let owner = queue_shard(&m.topic, m.queue_id, owners);
@@ -334,11 +338,11 @@ impl Shard {
                 continue;
             }
             let (tx, rx) = oneshot::channel();
-            let ask = Intake::Reserve {
+            let ask = Reserve {
                 runs: std::mem::take(runs),
                 reply: tx,
             };
-            if self.intake_tx[owner].send(ask).is_ok() {
+            if self.links[owner].reserve.send(ask).is_ok() {
                 asks.push((owner, rx));
             } else {
                 lost = true;
@@ -357,7 +361,7 @@ impl Shard {
         if let Some(err) = down {
             let mut slots = Vec::new();
             let msgs = round.iter().flat_map(|s| s.msgs.as_slice());
-            for (m, &(owner, run, k)) in msgs.zip(&places) {
+            for (m, &(owner, run, k)) in msgs.zip(places.iter()) {
                 if let Some(first) = firsts[owner].get(run) {
                     slots.push(Slot {
                         topic: m.topic.clone(),
@@ -366,26 +370,37 @@ impl Shard {
                     });
                 }
             }
-            for s in round {
+            for s in round.drain(..) {
                 s.sink.fail(err.clone());
             }
             self.abandon(slots);
             return;
         }
-        let mut places = places.into_iter();
-        for staged in round {
-            let offsets: Vec<u64> = places
-                .by_ref()
-                .take(staged.sizes.as_slice().len())
-                .map(|(owner, run, k)| firsts[owner][run] + k as u64)
+        let now_ms = now_ms();
+        let mut at = 0;
+        let mut since_yield = 0;
+        while let Some(staged) = round.pop_front() {
+            let n = staged.sizes.as_slice().len();
+            let offsets: Vec<u64> = places[at..at + n]
+                .iter()
+                .map(|&(owner, run, k)| firsts[owner][run] + k as u64)
                 .collect();
-            self.append(staged, &offsets);
+            at += n;
+            self.append(staged, &offsets, now_ms);
+            since_yield += n;
+            if since_yield >= APPLY_SLICE && !round.is_empty() {
+                // Let the writer start on what is appended, and other shards' requests in.
+                since_yield = 0;
+                self.cl.kick();
+                futures_lite::future::yield_now().await;
+            }
         }
+        places.clear();
         self.cl.kick();
     }
 
     /// Appends a put's records with their reserved queue offsets.
-    fn append(&self, staged: Staged, offsets: &[u64]) {
+    fn append(&self, staged: Staged, offsets: &[u64], now_ms: i64) {
         let Staged {
             msgs,
             sizes,
@@ -393,9 +408,6 @@ impl Shard {
             deadline,
         } = staged;
         debug_assert_eq!(offsets.len(), sizes.as_slice().len());
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         let mut pending = self.pending.borrow_mut();
         let mut topic: Option<Arc<str>> = None;
         let mut append_one = |msg: &MessageInput, len: usize, queue_offset: u64| {
@@ -499,8 +511,11 @@ impl Shard {
             return;
         }
         let owners = self.owners();
-        let mut batches: Vec<Vec<DispatchRecord>> = (0..owners).map(|_| Vec::new()).collect();
-        let mut replies = Vec::new();
+        let ready = pending.partition_point(|p| p.end <= upto);
+        let share = ready / owners + ready / 8 + 1;
+        let mut batches: Vec<Vec<DispatchRecord>> =
+            (0..owners).map(|_| Vec::with_capacity(share)).collect();
+        let mut replies = Vec::with_capacity(ready);
         let mut mark = 0;
         while pending.front().is_some_and(|p| p.end <= upto) {
             let Some(p) = pending.pop_front() else { break };
@@ -516,7 +531,7 @@ impl Shard {
                 records,
             };
             // An owner that is gone is shutting down or crashed: recovery re-dispatches.
-            let _ = self.intake_tx[owner].send(Intake::Dispatch(batch));
+            let _ = self.links[owner].intake.send(Intake::Dispatch(batch));
         }
         // Answered after the records went to their owners, so that readers rarely have to
         // wait for them (see `ConsumeQueues::in_flight`).
@@ -537,7 +552,7 @@ impl Shard {
         }
         for (owner, slots) in by_owner.into_iter().enumerate() {
             if !slots.is_empty() {
-                let _ = self.intake_tx[owner].send(Intake::Abandon(slots));
+                let _ = self.links[owner].intake.send(Intake::Abandon(slots));
             }
         }
     }
@@ -640,8 +655,17 @@ impl Shard {
     }
 }
 
+/// The store time: milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// Runs rounds of reservations while puts are staged.
 async fn stager(shard: Rc<Shard>) {
+    let mut round = VecDeque::new();
+    let mut places = Vec::new();
     loop {
         let generation = shard.staged_event.generation();
         if shard.staged.borrow().is_empty() {
@@ -652,8 +676,9 @@ async fn stager(shard: Rc<Shard>) {
             continue;
         }
         shard.reserving.set(true);
-        let round: Vec<Staged> = shard.staged.borrow_mut().drain(..).collect();
-        shard.run_round(round).await;
+        // Swapped, not moved: the round's buffer becomes the next staging buffer.
+        std::mem::swap(&mut *shard.staged.borrow_mut(), &mut round);
+        shard.run_round(&mut round, &mut places).await;
         shard.reserving.set(false);
         shard.staged_event.notify();
     }
@@ -675,17 +700,36 @@ async fn dispatcher(shard: Rc<Shard>) {
     }
 }
 
+/// Records applied (or puts appended) between yields.
+const APPLY_SLICE: usize = 256;
+
 /// Answers reservations and applies dispatch batches from every source, waiting for room in
 /// the ConsumeQueue log.
 async fn intake_loop(shard: Rc<Shard>, rx: flume::Receiver<Intake>) {
     while let Ok(msg) = rx.recv_async().await {
         shard.intake_busy.set(true);
         match msg {
-            Intake::Reserve { runs, reply } => reply.send(shard.cqs.reserve(&runs)),
             Intake::Dispatch(batch) => {
-                let need = shard.cqs.batch_bytes(&batch.records);
-                shard.cqs.cq.wait_for_room(need).await;
-                shard.cqs.apply(batch);
+                // In slices, yielding between them, so that a big batch does not hold up the
+                // shard's other work (reservations other shards are waiting for above all).
+                let (source, upto) = (batch.source, batch.upto);
+                let mut records = batch.records;
+                loop {
+                    let rest = records.split_off(records.len().min(APPLY_SLICE));
+                    let last = rest.is_empty();
+                    let need = shard.cqs.batch_bytes(&records);
+                    shard.cqs.cq.wait_for_room(need).await;
+                    shard.cqs.apply(DispatchBatch {
+                        source,
+                        upto: if last { upto } else { 0 },
+                        records,
+                    });
+                    if last {
+                        break;
+                    }
+                    records = rest;
+                    futures_lite::future::yield_now().await;
+                }
             }
             Intake::Abandon(slots) => {
                 let need = shard.cqs.batch_bytes(&[]) * (1 + slots.len());
@@ -695,6 +739,13 @@ async fn intake_loop(shard: Rc<Shard>, rx: flume::Receiver<Intake>) {
         }
         shard.intake_busy.set(false);
         shard.intake_idle.notify();
+    }
+}
+
+/// Answers reservations from every source as they come.
+async fn reserver(shard: Rc<Shard>, rx: flume::Receiver<Reserve>) {
+    while let Ok(Reserve { runs, reply }) = rx.recv_async().await {
+        reply.send(shard.cqs.reserve(&runs));
     }
 }
 

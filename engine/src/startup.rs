@@ -21,7 +21,7 @@ use glommio::LocalExecutorBuilder;
 use crate::config::StoreConfig;
 use crate::consumequeue::read::ClReader;
 use crate::consumequeue::ConsumeQueues;
-use crate::dispatch::{DispatchBatch, DispatchRecord, Intake};
+use crate::dispatch::{DispatchBatch, DispatchRecord, Intake, OwnerInbox, OwnerLink, Reserve};
 use crate::error::{OpenError, RecoveryError};
 use crate::filter::tag_hash;
 use crate::log::recovery::RecoveryReport;
@@ -59,8 +59,9 @@ pub struct ShardThread {
     pub requests: flume::Receiver<Request>,
     pub ctl: flume::Receiver<Ctl>,
     pub init: flume::Sender<Init>,
-    pub dispatch_tx: Vec<flume::Sender<Intake>>,
+    pub links: Vec<OwnerLink>,
     pub intake: flume::Receiver<Intake>,
+    pub reserve: flume::Receiver<Reserve>,
 }
 
 fn recovery(shard: usize) -> impl Fn(RecoveryError) -> OpenError {
@@ -126,8 +127,11 @@ pub fn run_shard(builder: LocalExecutorBuilder, t: ShardThread) {
             cl,
             cqs,
             reader,
-            t.dispatch_tx.clone(),
-            t.intake.clone(),
+            t.links.clone(),
+            OwnerInbox {
+                intake: t.intake.clone(),
+                reserve: t.reserve.clone(),
+            },
         );
         set_local_shard(Some((t.store, shard.clone())));
         serve(&shard, &t.requests, &t.intake).await;

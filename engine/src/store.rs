@@ -3,9 +3,11 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::thread::{JoinHandle, ThreadId};
 use std::time::Duration;
 
@@ -13,7 +15,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::StoreConfig;
 use crate::consumequeue::read::{GetRequest, GetResult};
-use crate::dispatch::{DispatchBatch, DispatchRecord, Sink};
+use crate::dispatch::{DispatchBatch, DispatchRecord, OwnerLink, Sink};
 use crate::error::{io_context, OpenError, PutError, ReadError, ShutdownError};
 use crate::log::recovery::RecoveryReport;
 use crate::log::LogShared;
@@ -135,13 +137,22 @@ impl Store {
         let id = NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed);
         let shared: Arc<Vec<Arc<LogShared>>> =
             Arc::new((0..shards).map(|_| Arc::default()).collect());
-        let (dispatch_tx, intakes): (Vec<_>, Vec<_>) =
-            (0..shards).map(|_| flume::unbounded()).unzip();
+        let (links, intakes): (Vec<_>, Vec<_>) = (0..shards)
+            .map(|_| {
+                let (intake_tx, intake_rx) = flume::unbounded();
+                let (reserve_tx, reserve_rx) = flume::unbounded();
+                let link = OwnerLink {
+                    intake: intake_tx,
+                    reserve: reserve_tx,
+                };
+                (link, (intake_rx, reserve_rx))
+            })
+            .unzip();
         let (init_tx, init_rx) = flume::unbounded();
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         let mut ctls = Vec::new();
-        for (shard, intake) in intakes.into_iter().enumerate() {
+        for (shard, (intake, reserve)) in intakes.into_iter().enumerate() {
             let (tx, rx) = flume::bounded(SHARD_REQUESTS_MAX);
             let (ctl_tx, ctl_rx) = flume::unbounded();
             let cq_shared = Arc::new(LogShared::default());
@@ -163,8 +174,9 @@ impl Store {
                 requests: rx,
                 ctl: ctl_rx,
                 init: init_tx.clone(),
-                dispatch_tx: dispatch_tx.clone(),
+                links: links.clone(),
                 intake,
+                reserve,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shardmq-shard-{shard}"))
@@ -182,7 +194,7 @@ impl Store {
             ctls.push(ctl_tx);
         }
         drop(init_tx);
-        drop(dispatch_tx);
+        drop(links);
         let mut inner = Inner {
             id,
             config,
@@ -261,38 +273,20 @@ impl Store {
     /// straight into that shard's log; elsewhere it is queued to the shard owning the queue);
     /// the returned future, which any executor can await, resolves once the put is
     /// acknowledged by the flush mode's rule.
-    pub fn put_message(
-        &self,
-        msg: MessageInput,
-    ) -> impl Future<Output = Result<PutResult, PutError>> + Send + 'static {
+    pub fn put_message(&self, msg: MessageInput) -> PutFuture<PutResult> {
         let (tx, rx) = oneshot::channel();
-        let submitted = self.submit(Puts::One(msg), Sink::One(tx));
-        async move {
-            submitted?.send().await?;
-            rx.await.unwrap_or(Err(PutError::ShuttingDown))
-        }
+        PutFuture::new(self.submit(Puts::One(msg), Sink::One(tx)), rx)
     }
 
     /// Appends a batch contiguously to one shard (the owner of the first message's queue when
     /// called off-shard) and acknowledges it as a whole.
-    pub fn put_messages(
-        &self,
-        msgs: Vec<MessageInput>,
-    ) -> impl Future<Output = Result<Vec<PutResult>, PutError>> + Send + 'static {
+    pub fn put_messages(&self, msgs: Vec<MessageInput>) -> PutFuture<Vec<PutResult>> {
         let (tx, rx) = oneshot::channel();
-        let empty = msgs.is_empty();
-        let submitted = if empty {
-            Ok(Submitted::Done)
-        } else {
-            self.submit(Puts::Many(msgs), Sink::Batch(tx))
-        };
-        async move {
-            if empty {
-                return Ok(Vec::new());
-            }
-            submitted?.send().await?;
-            rx.await.unwrap_or(Err(PutError::ShuttingDown))
+        if msgs.is_empty() {
+            tx.send(Ok(Vec::new()));
+            return PutFuture::new(Ok(Submitted::Done), rx);
         }
+        PutFuture::new(self.submit(Puts::Many(msgs), Sink::Batch(tx)), rx)
     }
 
     /// Blocking form of [`Store::put_message`], for threads outside any executor.
@@ -503,6 +497,66 @@ impl Submitted {
                 .send_async(*req)
                 .await
                 .map_err(|_| PutError::ShuttingDown),
+        }
+    }
+}
+
+/// The answer to a put: resolves once the put is acknowledged by the flush mode's rule (or
+/// failed). Small (a pointer or two), so callers can keep many in flight cheaply; `Send`, and
+/// any executor can poll it.
+#[must_use = "a put is appended at once, but its acknowledgement is only seen by awaiting this"]
+pub struct PutFuture<T> {
+    state: PutState<T>,
+}
+
+type Answer<T> = oneshot::Receiver<Result<T, PutError>>;
+
+enum PutState<T> {
+    Wait(Answer<T>),
+    /// Still to be handed to its shard, whose request queue was full.
+    Queue(
+        Pin<Box<dyn Future<Output = Result<(), PutError>> + Send>>,
+        Answer<T>,
+    ),
+    Failed(Option<Box<PutError>>),
+}
+
+impl<T> PutFuture<T> {
+    fn new(submitted: Result<Submitted, PutError>, rx: Answer<T>) -> Self {
+        let state = match submitted {
+            Ok(Submitted::Done) => PutState::Wait(rx),
+            Ok(queued @ Submitted::Queue(..)) => PutState::Queue(Box::pin(queued.send()), rx),
+            Err(e) => PutState::Failed(Some(Box::new(e))),
+        };
+        PutFuture { state }
+    }
+}
+
+impl<T> Future for PutFuture<T> {
+    type Output = Result<T, PutError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match &mut self.state {
+                PutState::Wait(rx) => {
+                    return Pin::new(rx)
+                        .poll(cx)
+                        .map(|r| r.unwrap_or(Err(PutError::ShuttingDown)))
+                }
+                PutState::Queue(send, _) => {
+                    if let Err(e) = std::task::ready!(send.as_mut().poll(cx)) {
+                        self.state = PutState::Failed(Some(Box::new(e)));
+                        continue;
+                    }
+                    if let PutState::Queue(_, rx) =
+                        std::mem::replace(&mut self.state, PutState::Failed(None))
+                    {
+                        self.state = PutState::Wait(rx);
+                    }
+                }
+                PutState::Failed(e) => {
+                    return Poll::Ready(Err(e.take().map_or(PutError::ShuttingDown, |e| *e)))
+                }
+            }
         }
     }
 }
