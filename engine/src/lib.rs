@@ -34,6 +34,7 @@ pub mod runtime;
 mod shard;
 mod startup;
 mod store;
+pub mod topics;
 mod waiters;
 
 pub use config::{FlushMode, StoreConfig};
@@ -44,3 +45,6 @@ pub use io::FaultPlan;
 pub use log::recovery::{CutReport, RecoveryReport};
 pub use record::{MessageInput, StoredMessage};
 pub use store::{PutResult, PutStatus, Store, SHARD_REQUESTS_MAX};
+pub use topics::{
+    AutoCreate, Perm, TopicConfig, TopicError, TopicTable, TopicUpdate, TopicsFileError,
+};
