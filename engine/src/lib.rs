@@ -30,6 +30,7 @@ pub mod meta;
 pub mod msgid;
 mod oneshot;
 pub mod record;
+pub mod retention;
 pub mod runtime;
 mod shard;
 mod startup;
@@ -44,6 +45,7 @@ pub use filter::TagFilter;
 pub use io::FaultPlan;
 pub use log::recovery::{CutReport, RecoveryReport};
 pub use record::{MessageInput, StoredMessage};
+pub use retention::{DiskUsage, RetentionConfig, RetentionPlan, StatvfsProbe, UsageProbe};
 pub use store::{PutResult, PutStatus, Store, SHARD_REQUESTS_MAX};
 pub use topics::{
     AutoCreate, Perm, TopicConfig, TopicError, TopicTable, TopicUpdate, TopicsFileError,
