@@ -30,10 +30,12 @@ pub mod meta;
 pub mod msgid;
 mod oneshot;
 pub mod record;
+pub mod retention;
 pub mod runtime;
 mod shard;
 mod startup;
 mod store;
+pub mod topics;
 mod waiters;
 
 pub use config::{FlushMode, StoreConfig};
@@ -43,4 +45,8 @@ pub use filter::TagFilter;
 pub use io::FaultPlan;
 pub use log::recovery::{CutReport, RecoveryReport};
 pub use record::{MessageInput, StoredMessage};
+pub use retention::{DiskUsage, RetentionConfig, RetentionPlan, StatvfsProbe, UsageProbe};
 pub use store::{PutFuture, PutResult, PutStatus, Store, SHARD_REQUESTS_MAX};
+pub use topics::{
+    AutoCreate, Perm, TopicConfig, TopicError, TopicTable, TopicUpdate, TopicsFileError,
+};
