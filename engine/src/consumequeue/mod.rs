@@ -340,12 +340,9 @@ impl ConsumeQueues {
         let Some(idx) = r.queue_offset.checked_sub(q.visible()) else {
             // Recovery re-dispatches records whose entries follow the log's last watermark.
             if q.entry(r.queue_offset) != Some(&entry) {
-                tracing::error!(
-                    shard = self.shard,
-                    topic = &*r.topic,
-                    queue = r.queue_id,
-                    offset = r.queue_offset,
-                    "dispatched record's queue offset is already taken; ignored"
+                self.refuse(
+                    &r,
+                    "dispatched record's queue offset is already taken; ignored",
                 );
             }
             return;
@@ -356,13 +353,7 @@ impl ConsumeQueues {
             q.reserved.resize(idx + 1, None);
         }
         if q.reserved[idx].is_some() {
-            tracing::error!(
-                shard = self.shard,
-                topic = &*r.topic,
-                queue = r.queue_id,
-                offset = r.queue_offset,
-                "queue offset dispatched twice; ignored"
-            );
+            self.refuse(&r, "queue offset dispatched twice; ignored");
             return;
         }
         q.reserved[idx] = Some(entry);
@@ -373,6 +364,20 @@ impl ConsumeQueues {
             return;
         }
         self.settle(&r.topic, r.queue_id, q);
+    }
+
+    /// A dispatched record that cannot take its offset (a bug or a damaged store): said
+    /// loudly, and the queue keeps what it has.
+    fn refuse(&self, r: &DispatchRecord, why: &'static str) {
+        tracing::error!(
+            shard = self.shard,
+            topic = &*r.topic,
+            queue = r.queue_id,
+            offset = r.queue_offset,
+            source = r.source,
+            cl_offset = r.cl_offset,
+            "{why}"
+        );
     }
 
     /// Moves the queue's filled reserved prefix into its visible entries and the log.
