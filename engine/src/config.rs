@@ -65,6 +65,12 @@ pub struct StoreConfig {
     pub write_chunk_bytes: usize,
     /// Most writes one shard keeps in flight at once.
     pub writes_in_flight_max: usize,
+    /// Recently written CommitLog bytes each shard keeps in memory for tailing readers
+    /// (filled only while someone reads; 0 turns the cache off). Default 64 MiB.
+    pub tail_cache_bytes: usize,
+    /// How long after a read the tail cache keeps copying written chunks in (2 s): a store
+    /// nobody reads from pays nothing for it.
+    pub tail_cache_linger_ms: u64,
     /// Locked memory for glommio's registered I/O buffers, per shard. Default: sized to fit
     /// `RLIMIT_MEMLOCK` (see `runtime`).
     pub io_memory_bytes: Option<usize>,
@@ -104,6 +110,8 @@ impl Default for StoreConfig {
             sync_flush_timeout_ms: 5_000,
             message_size_max_bytes: 4 << 20,
             write_buffer_max_bytes: 64 << 20,
+            tail_cache_bytes: 64 << 20,
+            tail_cache_linger_ms: 2_000,
             write_chunk_bytes: 512 << 10,
             writes_in_flight_max: 32,
             io_memory_bytes: None,

@@ -135,8 +135,16 @@ impl Store {
         );
         let config = Arc::new(config);
         let id = NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed);
-        let shared: Arc<Vec<Arc<LogShared>>> =
-            Arc::new((0..shards).map(|_| Arc::default()).collect());
+        let shared: Arc<Vec<Arc<LogShared>>> = Arc::new(
+            (0..shards)
+                .map(|_| {
+                    Arc::new(LogShared::with_tail_cache(
+                        config.tail_cache_bytes,
+                        config.tail_cache_linger_ms,
+                    ))
+                })
+                .collect(),
+        );
         let (links, intakes): (Vec<_>, Vec<_>) = (0..shards)
             .map(|_| {
                 let (intake_tx, intake_rx) = flume::unbounded();
@@ -310,6 +318,12 @@ impl Store {
             Err(flume::TrySendError::Full(req)) => Ok(Submitted::Queue(tx.clone(), Box::new(req))),
             Err(flume::TrySendError::Disconnected(_)) => Err(PutError::ShuttingDown),
         }
+    }
+
+    /// `(hits, misses)` of shard `shard`'s tail cache: reads of its CommitLog served from
+    /// memory, and reads that went to the device.
+    pub fn tail_cache_stats(&self, shard: usize) -> Option<(u64, u64)> {
+        self.inner.shards.get(shard).map(|s| s.shared.tail.stats())
     }
 
     /// Reads the record at `(shard, offset)` back, checking its CRC.

@@ -271,3 +271,42 @@ fn queues_survive_restart_and_are_rebuilt_by_redispatch() {
         futures_lite::future::block_on(store.shutdown()).unwrap();
     }
 }
+
+#[test]
+fn tailing_reads_are_served_from_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(StoreConfig {
+        // The cache fills for as long as the test runs after the first read.
+        tail_cache_linger_ms: 3_600_000,
+        ..config(dir.path(), 2, FlushMode::Async)
+    })
+    .unwrap();
+    let topic = "tail";
+    store
+        .put_message_blocking(MessageInput::new(topic, 0, "before anyone read"))
+        .unwrap();
+    assert_eq!(get(&store, topic, 0, 0, 1, "*").messages.len(), 1);
+    let misses_before: u64 = (0..2).map(|s| store.tail_cache_stats(s).unwrap().1).sum();
+    for i in 0..200 {
+        store
+            .put_message_blocking(MessageInput::new(topic, 0, format!("tail {i}")))
+            .unwrap();
+    }
+    let mut offset = 1;
+    while offset < 201 {
+        let r = get(&store, topic, 0, offset, 64, "*");
+        assert_eq!(r.status, GetStatus::Found);
+        for m in &r.messages {
+            assert_eq!(
+                m.message.body,
+                format!("tail {}", m.queue_offset - 1).as_bytes()
+            );
+        }
+        offset = r.next_begin_offset;
+    }
+    let (hits, misses): (u64, u64) = (0..2)
+        .map(|s| store.tail_cache_stats(s).unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    assert!(hits >= 200, "every tailing read from memory: {hits} hits");
+    assert_eq!(misses, misses_before, "no tailing read went to the device");
+}

@@ -146,6 +146,21 @@ impl ClReader {
                 readable,
             });
         }
+        if let Some(bytes) = size.and_then(|s| self.shared[shard].tail.get(offset, s as u64)) {
+            return match decode(&bytes, offset, bytes.len() as u64) {
+                Ok(Entry::Message(m)) => Ok(m),
+                Ok(Entry::Blank { .. }) => Err(ReadError::BadRecord {
+                    shard,
+                    offset,
+                    reason: DecodeError::Malformed("blank marker"),
+                }),
+                Err(reason) => Err(ReadError::BadRecord {
+                    shard,
+                    offset,
+                    reason,
+                }),
+            };
+        }
         let left = self.segment_bytes - offset % self.segment_bytes;
         let io = |e: std::io::Error| ReadError::Io {
             shard,

@@ -10,6 +10,7 @@
 pub mod flush;
 pub mod recovery;
 pub mod segment;
+pub mod tail;
 pub mod writer;
 
 use std::cell::{Cell, RefCell};
@@ -71,6 +72,17 @@ pub struct LogShared {
     /// Bytes below this were covered by a completed fdatasync.
     pub flushed: AtomicU64,
     pub failed: AtomicBool,
+    /// Recently written chunks, for readers on any shard (CommitLogs only).
+    pub tail: tail::TailCache,
+}
+
+impl LogShared {
+    pub fn with_tail_cache(cap_bytes: usize, linger_ms: u64) -> Self {
+        LogShared {
+            tail: tail::TailCache::new(cap_bytes, linger_ms),
+            ..LogShared::default()
+        }
+    }
 }
 
 pub struct Log {
@@ -530,6 +542,11 @@ async fn write_op(log: &Rc<Log>, file: &Rc<SegmentFile>, op: writer::WriteOp<Dma
     let (id, pos, len) = (op.id, op.file_pos, op.buf.len());
     let buf = Rc::new(op.buf);
     let result = file.write_at(buf.clone(), pos).await;
+    if result.is_ok() && log.shared.tail.wanted() {
+        let start = op.segment_base + pos;
+        let valid = op.data_end.saturating_sub(start).min(len as u64) as usize;
+        log.shared.tail.publish(start, &buf.as_bytes()[..valid]);
+    }
     if let Ok(buf) = Rc::try_unwrap(buf) {
         log.recycle(buf);
     }
