@@ -6,6 +6,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::retention::{RetentionConfig, UsageProbe};
+
+/// A disk-usage probe in a config (a test seam).
+#[derive(Clone)]
+pub struct ProbeHandle(pub Arc<dyn UsageProbe>);
+
+impl std::fmt::Debug for ProbeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProbeHandle")
+    }
+}
+
 use crate::error::ConfigError;
 use crate::io::FaultPlan;
 
@@ -78,6 +90,10 @@ pub struct StoreConfig {
     pub store_host: std::net::SocketAddr,
     /// Pin shard `i` to CPU `i` when the process may use it.
     pub pin_shards: bool,
+    /// How long a shard runs tasks before it stops to submit and reap I/O (glommio's
+    /// preemption timer; its default is 100 ms). glommio hands queued writes to the kernel
+    /// only between task runs, so a long burst of appends would leave the device idle.
+    pub io_poll_interval_us: u64,
     /// Size of one ConsumeQueue log segment (each shard has one log for all its queues).
     pub consume_queue_segment_bytes: u64,
     /// ASYNC_FLUSH: how often the ConsumeQueue log flushes (`flushIntervalConsumeQueue`, 1 s).
@@ -86,6 +102,13 @@ pub struct StoreConfig {
     pub consume_queue_flush_least_pages: u32,
     /// How often a shard persists its CommitLog checkpoint (the flushed offset).
     pub checkpoint_interval_ms: u64,
+    /// Segment retention and disk guards (RocketMQ's `fileReservedTime`, `deleteWhen`,
+    /// `diskMaxUsedSpaceRatio`, ...; see `retention`).
+    pub retention: RetentionConfig,
+    /// Test seam: where disk use is read from (default: `statvfs` of the store directory).
+    #[doc(hidden)]
+    #[serde(skip)]
+    pub usage_probe: Option<ProbeHandle>,
     /// Test seam: fault injection and power-cut simulation. Never set in production.
     #[doc(hidden)]
     #[serde(skip)]
@@ -117,10 +140,13 @@ impl Default for StoreConfig {
             io_memory_bytes: None,
             store_host: std::net::SocketAddr::from(([127, 0, 0, 1], 10911)),
             pin_shards: true,
+            io_poll_interval_us: 100_000,
             checkpoint_interval_ms: 1_000,
             consume_queue_segment_bytes: 64 << 20,
             consume_queue_flush_interval_ms: 1_000,
             consume_queue_flush_least_pages: 2,
+            retention: RetentionConfig::default(),
+            usage_probe: None,
             fault_plan: None,
             unsafe_ack_before_flush: false,
         }
@@ -162,6 +188,9 @@ impl StoreConfig {
     /// Checks the knobs against each other. Called by `Store::open`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Err(e) = self.retention.validate() {
+            return bad(format!("retention: {e}"));
+        }
         check_segment("segment_size_bytes", self.segment_size_bytes)?;
         check_segment(
             "consume_queue_segment_bytes",

@@ -111,6 +111,11 @@ pub enum PutError {
     ShuttingDown,
     #[error("a blocking put was called on a shard thread, which would deadlock it")]
     BlockingOnShard,
+    #[error(
+        "shard {shard} refuses puts: the disk is {used_percent}% full (at or above the \
+         retention.disk_refuse_ratio); reads keep working"
+    )]
+    DiskFull { shard: usize, used_percent: u32 },
 }
 
 /// Why reading a record back failed.
@@ -118,6 +123,8 @@ pub enum PutError {
 pub enum ReadError {
     #[error("no shard {0}")]
     NoSuchShard(usize),
+    #[error("offset {offset} on shard {shard} was deleted by retention; the log starts at {min}")]
+    OffsetTooSmall { shard: usize, offset: u64, min: u64 },
     #[error("offset {offset} is not readable on shard {shard} (readable up to {readable})")]
     OffsetOutOfRange {
         shard: usize,

@@ -19,6 +19,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map and `docs/format.md` for the on-disk layouts.
 
+mod cleaner;
 pub mod config;
 pub mod consumequeue;
 mod dispatch;
@@ -38,14 +39,16 @@ mod store;
 pub mod topics;
 mod waiters;
 
-pub use config::{FlushMode, StoreConfig};
+pub use config::{FlushMode, ProbeHandle, StoreConfig};
 pub use consumequeue::read::{GetRequest, GetResult, GetStatus, QueueMessage};
 pub use error::{ConfigError, OpenError, PutError, ReadError, RecoveryError, ShutdownError};
 pub use filter::TagFilter;
 pub use io::FaultPlan;
 pub use log::recovery::{CutReport, RecoveryReport};
 pub use record::{MessageInput, StoredMessage};
-pub use retention::{DiskUsage, RetentionConfig, RetentionPlan, StatvfsProbe, UsageProbe};
+pub use retention::{
+    DiskUsage, FixedProbe, RetentionConfig, RetentionPlan, StatvfsProbe, UsageProbe,
+};
 pub use store::{PutFuture, PutResult, PutStatus, Store, SHARD_REQUESTS_MAX};
 pub use topics::{
     AutoCreate, Perm, TopicConfig, TopicError, TopicTable, TopicUpdate, TopicsFileError,

@@ -99,6 +99,8 @@ pub struct Shard {
     pub(crate) cqs: Rc<ConsumeQueues>,
     pub(crate) reader: ClReader,
     closing: Cell<bool>,
+    /// Disk use while it is at or above the refuse ratio: puts are refused.
+    disk_full: Cell<Option<f64>>,
     /// Puts waiting for a round of reservations, in arrival order.
     staged: RefCell<VecDeque<Staged>>,
     /// A round of reservations is out: later puts queue behind it, keeping their order.
@@ -161,6 +163,7 @@ impl Shard {
             cqs,
             reader,
             closing: Cell::new(false),
+            disk_full: Cell::new(None),
             staged: RefCell::default(),
             reserving: Cell::new(false),
             staged_event: LocalEvent::default(),
@@ -180,6 +183,7 @@ impl Shard {
         if shard.config.flush_mode == FlushMode::Sync {
             shard.cl.spawn(flush_timeouts(shard.clone()));
         }
+        shard.cl.spawn(crate::cleaner::cleaner(shard.clone()));
         shard
     }
 
@@ -214,8 +218,23 @@ impl Shard {
         match self.log_down() {
             Some(e) => Err(e),
             None if self.closing.get() => Err(PutError::ShuttingDown),
-            None => Ok(()),
+            None => match self.disk_full.get() {
+                Some(ratio) => Err(PutError::DiskFull {
+                    shard: self.id,
+                    used_percent: (ratio * 100.0).floor() as u32,
+                }),
+                None => Ok(()),
+            },
         }
+    }
+
+    /// Set by the cleaner: `Some(disk use)` refuses puts until it is cleared.
+    pub(crate) fn set_disk_full(&self, ratio: Option<f64>) {
+        if ratio.is_some() != self.disk_full.get().is_some() {
+            tracing::warn!(shard = self.id, disk_used = ?ratio, "disk guard: puts {}",
+                if ratio.is_some() { "refused" } else { "accepted again" });
+        }
+        self.disk_full.set(ratio);
     }
 
     /// Validates a put and returns its encoded sizes.

@@ -171,7 +171,8 @@ impl Store {
             };
             let builder = LocalExecutorBuilder::new(placement)
                 .name(&format!("shardmq-{shard}"))
-                .io_memory(io.per_shard_bytes);
+                .io_memory(io.per_shard_bytes)
+                .preempt_timer(Duration::from_micros(config.io_poll_interval_us.max(100)));
             let t = ShardThread {
                 store: id,
                 id: shard,
@@ -317,6 +318,21 @@ impl Store {
             Ok(()) => Ok(Submitted::Done),
             Err(flume::TrySendError::Full(req)) => Ok(Submitted::Queue(tx.clone(), Box::new(req))),
             Err(flume::TrySendError::Disconnected(_)) => Err(PutError::ShuttingDown),
+        }
+    }
+
+    /// Runs one retention pass on every shard now (RocketMQ's `deleteExpiredFile` admin
+    /// command) instead of waiting for `retention.interval_ms`: deletes what the plan says,
+    /// trims the queues, and sets or clears the disk guard.
+    pub async fn clean_now(&self) {
+        let id = self.inner.id;
+        for shard in 0..self.shards() {
+            let pass = self.spawn_on(shard, move || async move {
+                if let Some(s) = local_shard(id) {
+                    crate::cleaner::pass(&s).await;
+                }
+            });
+            pass.await;
         }
     }
 

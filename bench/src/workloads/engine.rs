@@ -55,6 +55,10 @@ pub struct EngineArgs {
     /// Puts each producer keeps outstanding (default: 1 under sync, 256 under async).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub inflight: Option<u32>,
+    /// How long a shard runs tasks before it submits and reaps I/O, in µs (default: the
+    /// store's `io_poll_interval_us`).
+    #[arg(long)]
+    pub io_poll_us: Option<u64>,
     /// Queues per topic the producers cycle through (one topic).
     #[arg(long, default_value_t = 8)]
     pub queues: u32,
@@ -111,6 +115,7 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         flush_mode: args.flush,
         segment_size_bytes: args.segment,
         write_buffer_max_bytes: window_bytes.max(64 << 20) as usize,
+        io_poll_interval_us: args.io_poll_us.unwrap_or(defaults.io_poll_interval_us),
         ..StoreConfig::new(tmp.path())
     };
     let (store_chunk, store_writes) = (config.write_chunk_bytes, config.writes_in_flight_max);
@@ -195,6 +200,11 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         .param("shards", args.shards)
         .param("size", args.size)
         .param("producers", args.producers)
+        .param(
+            "io_poll_us",
+            args.io_poll_us
+                .unwrap_or(StoreConfig::default().io_poll_interval_us),
+        )
         .param("inflight_per_producer", inflight)
         .param("flush", format!("{:?}", args.flush))
         .param("segment_bytes", args.segment)

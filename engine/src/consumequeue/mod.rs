@@ -458,6 +458,28 @@ impl ConsumeQueues {
         self.watch(topic, queue_id, want)
     }
 
+    /// Drops each queue's leading entries (and skips) whose records lie below their source
+    /// shard's CommitLog minimum `mins[source]`: retention deleted them. The queue's minimum
+    /// offset moves up; its offsets are not reused.
+    pub fn trim_below(&self, mins: &[u64]) {
+        let mut queues = self.queues.borrow_mut();
+        for q in queues.values_mut().flat_map(|t| t.values_mut()) {
+            trim(q, mins);
+        }
+    }
+
+    /// `trim_below` for one queue.
+    pub fn trim_queue(&self, topic: &str, queue_id: u32, mins: &[u64]) {
+        if let Some(q) = self
+            .queues
+            .borrow_mut()
+            .get_mut(topic)
+            .and_then(|t| t.get_mut(&queue_id))
+        {
+            trim(q, mins);
+        }
+    }
+
     /// Registers interest in `(topic, queue)` passing `offset`; `None` if it already has.
     pub fn watch(&self, topic: &str, queue_id: u32, offset: u64) -> Option<flume::Receiver<bool>> {
         let mut queues = self.queues.borrow_mut();
@@ -468,6 +490,24 @@ impl ConsumeQueues {
         let (tx, rx) = flume::bounded(1);
         q.waiters.push((offset, tx));
         Some(rx)
+    }
+}
+
+/// Drops the queue's leading entries whose records lie below `mins[source]`, and the skips
+/// among them.
+fn trim(q: &mut Queue, mins: &[u64]) {
+    let gone = |e: &QueueEntry| {
+        !e.is_skip()
+            && mins
+                .get(e.source as usize)
+                .is_some_and(|&m| e.cl_offset < m)
+    };
+    if !q.entries.front().is_some_and(gone) {
+        return;
+    }
+    while q.entries.front().is_some_and(|e| e.is_skip() || gone(e)) {
+        q.entries.pop_front();
+        q.min += 1;
     }
 }
 

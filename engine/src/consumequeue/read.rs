@@ -120,6 +120,14 @@ impl ClReader {
         Ok(file)
     }
 
+    /// Every shard's published CommitLog minimum.
+    pub fn log_mins(&self) -> Vec<u64> {
+        self.shared
+            .iter()
+            .map(|s| s.min.load(Ordering::Acquire))
+            .collect()
+    }
+
     /// Closes the read handles (see `Log::close_files`).
     pub async fn close_files(&self) {
         let files = std::mem::take(&mut *self.files.borrow_mut());
@@ -133,12 +141,15 @@ impl ClReader {
         offset: u64,
         size: Option<u32>,
     ) -> Result<StoredMessage, ReadError> {
-        let readable = self
+        let log = self
             .shared
             .get(shard)
-            .ok_or(ReadError::NoSuchShard(shard))?
-            .written
-            .load(Ordering::Acquire);
+            .ok_or(ReadError::NoSuchShard(shard))?;
+        let min = log.min.load(Ordering::Acquire);
+        if offset < min {
+            return Err(ReadError::OffsetTooSmall { shard, offset, min });
+        }
+        let readable = log.written.load(Ordering::Acquire);
         if offset >= readable {
             return Err(ReadError::OffsetOutOfRange {
                 shard,
@@ -206,6 +217,9 @@ impl ClReader {
 impl ConsumeQueues {
     /// RocketMQ's getMessage on a queue this shard owns.
     pub async fn get(&self, reader: &ClReader, req: &GetRequest) -> Result<GetResult, ReadError> {
+        // Entries whose CommitLog segment retention deleted go first: the answer is then
+        // OFFSET_TOO_SMALL with the new minimum, not a failed read.
+        self.trim_queue(&req.topic, req.queue_id, &reader.log_mins());
         let (min, max, candidates, examined) = {
             let queues = self.queues.borrow();
             let Some(q) = queues

@@ -72,6 +72,8 @@ pub struct LogShared {
     /// Bytes below this were covered by a completed fdatasync.
     pub flushed: AtomicU64,
     pub failed: AtomicBool,
+    /// The log's first offset still on disk (retention deletes whole segments below it).
+    pub min: AtomicU64,
     /// Recently written chunks, for readers on any shard (CommitLogs only).
     pub tail: tail::TailCache,
 }
@@ -167,6 +169,8 @@ impl Log {
         );
         shared.written.store(end, Ordering::Release);
         shared.flushed.store(end, Ordering::Release);
+        let first = recovered.segments.keys().next().copied().unwrap_or(0);
+        shared.min.store(first, Ordering::Release);
         let log = Rc::new(Log {
             segments: RefCell::new(recovered.segments),
             creating: RefCell::new(HashSet::new()),
@@ -209,6 +213,12 @@ impl Log {
 
     pub fn flushed(&self) -> u64 {
         self.flushed.get()
+    }
+
+    /// The base of the segment appends go to (never deleted by retention).
+    pub fn active_segment(&self) -> u64 {
+        let planner = self.planner.borrow();
+        planner.segment_base(planner.append_offset())
     }
 
     pub fn append_offset(&self) -> u64 {
@@ -428,6 +438,50 @@ impl Log {
     }
 
     /// Reads `len` bytes at `offset`, which must lie below `written`, within one segment.
+    /// Deletes the given sealed segments (oldest first, all below the one appends go to) and
+    /// raises the published `min` past them. Readers on other shards may still hold the
+    /// files open; the space is freed when they let go.
+    pub async fn retire(self: &Rc<Self>, bases: &[u64]) -> std::io::Result<()> {
+        let active = self.planner.borrow().segment_base(self.append_offset());
+        for &base in bases {
+            if base >= active {
+                break;
+            }
+            let Some(file) = self.segments.borrow_mut().remove(&base) else {
+                continue;
+            };
+            let next = self
+                .segments
+                .borrow()
+                .range(base + 1..)
+                .next()
+                .map_or(active, |(&b, _)| b);
+            self.shared.min.fetch_max(next, Ordering::AcqRel);
+            let path = file.path().to_path_buf();
+            SegmentFile::close_all(std::iter::once(file)).await;
+            self.run_blocking(move || std::fs::remove_file(&path))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Per segment, oldest first: (base, last modification in ms since the epoch, bytes).
+    /// A `stat` per segment (a handful, every cleaning pass): cheap enough to run inline.
+    pub fn segment_times(&self) -> std::io::Result<Vec<(u64, i64, u64)>> {
+        self.segments
+            .borrow()
+            .iter()
+            .map(|(&base, f)| {
+                let meta = std::fs::metadata(f.path())?;
+                let ms = meta
+                    .modified()?
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i64);
+                Ok((base, ms, meta.len()))
+            })
+            .collect()
+    }
+
     pub async fn read_bytes(&self, offset: u64, len: usize) -> std::io::Result<Bytes> {
         let found = self
             .segments

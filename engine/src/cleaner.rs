@@ -1,0 +1,68 @@
+//! The retention task of one shard: every `retention.interval_ms` it reads the disk use,
+//! plans with [`retention::plan`](crate::retention::plan) (pure) which of its CommitLog's
+//! oldest segments go, deletes them in the background (appends never wait for it), raises
+//! the published log minimum, drops the queue entries that pointed into them, and refuses
+//! puts while the disk is above the refuse ratio (reads keep working).
+
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::retention::{self, SegmentInfo, StatvfsProbe, UsageProbe};
+use crate::shard::Shard;
+
+pub async fn cleaner(shard: Rc<Shard>) {
+    let every = Duration::from_millis(shard.config.retention.interval_ms.max(1));
+    loop {
+        glommio::timer::sleep(every).await;
+        if shard.stopped() {
+            return;
+        }
+        pass(&shard).await;
+    }
+}
+
+/// One cleaning pass.
+pub async fn pass(shard: &Rc<Shard>) {
+    let cfg = &shard.config.retention;
+    let dir = &shard.config.store_path;
+    let usage = match &shard.config.usage_probe {
+        Some(p) => p.0.usage(dir),
+        None => StatvfsProbe.usage(dir),
+    };
+    // An unknown disk use neither deletes data nor refuses puts.
+    let ratio = usage.map_or(f64::NAN, |u| u.ratio());
+    let segments = match shard.cl.segment_times() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(shard = shard.id, error = %e, "retention: cannot stat segments");
+            return;
+        }
+    };
+    let active = shard.cl.active_segment();
+    let infos: Vec<SegmentInfo> = segments
+        .iter()
+        .map(|&(base_offset, modified_ms, bytes)| SegmentInfo {
+            base_offset,
+            modified_ms,
+            bytes,
+            is_active: base_offset >= active,
+        })
+        .collect();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    // The delete hour is read in UTC (the engine has no time-zone database).
+    let hour = ((now.as_secs() / 3600) % 24) as u8;
+    let plan = retention::plan(now.as_millis() as i64, hour, ratio, &infos, cfg);
+    shard.set_disk_full(plan.refuse_puts.then_some(ratio));
+    if !plan.delete.is_empty() {
+        tracing::info!(
+            shard = shard.id, segments = plan.delete.len(), bytes = plan.freed_bytes,
+            reason = ?plan.reason, disk_used = ratio, "retention: deleting CommitLog segments"
+        );
+        if let Err(e) = shard.cl.retire(&plan.delete).await {
+            tracing::error!(shard = shard.id, error = %e, "retention: cannot delete a segment");
+        }
+    }
+    shard.cqs.trim_below(&shard.reader.log_mins());
+}

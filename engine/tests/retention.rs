@@ -1,0 +1,138 @@
+//! Retention and disk guards, driven through an injectable disk-usage probe (plus one coarse
+//! check against the real file system).
+
+mod common;
+
+use std::sync::Arc;
+
+use common::config;
+use shardmq_engine::{
+    FixedProbe, FlushMode, GetRequest, GetStatus, MessageInput, ProbeHandle, PutError, ReadError,
+    RetentionConfig, StatvfsProbe, Store, StoreConfig, TagFilter, UsageProbe,
+};
+
+fn get(store: &Store, offset: u64) -> shardmq_engine::GetResult {
+    let req = GetRequest {
+        group: "g".into(),
+        topic: "r".into(),
+        queue_id: 0,
+        offset,
+        max_messages: 1,
+        max_bytes: 1 << 20,
+        filter: TagFilter::parse("*"),
+    };
+    futures_lite::future::block_on(store.get_message(req)).unwrap()
+}
+
+fn body(i: u64) -> Vec<u8> {
+    let mut b = format!("message {i:08} ").into_bytes();
+    b.resize(1000, b'.');
+    b
+}
+
+#[test]
+fn oldest_segments_go_above_the_warn_ratio_and_puts_stop_above_the_refuse_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(FixedProbe::with_ratio(0.50));
+    let store = Store::open(StoreConfig {
+        usage_probe: Some(ProbeHandle(probe.clone())),
+        retention: RetentionConfig {
+            // Passes run when the test says (`clean_now`), not on a timer.
+            interval_ms: 3_600_000,
+            ..RetentionConfig::default()
+        },
+        ..config(dir.path(), 2, FlushMode::Async)
+    })
+    .unwrap();
+    // About 2 MB into one queue: eight 256 KiB segments on the shard it lives on.
+    let n = 2_000;
+    let mut shard = 0;
+    for i in 0..n {
+        let r = store
+            .put_message_blocking(MessageInput::new("r", 0, body(i)))
+            .unwrap();
+        assert_eq!(r.queue_offset, Some(i));
+        shard = r.shard;
+    }
+    // Below the warn ratio nothing is expired (72 h): nothing goes.
+    futures_lite::future::block_on(store.clean_now());
+    assert_eq!(get(&store, 0).status, GetStatus::Found);
+
+    // Above it, the oldest segments go at once (at most `delete_pace` per pass).
+    probe.set_ratio(0.80);
+    futures_lite::future::block_on(store.clean_now());
+    let (min, max) = futures_lite::future::block_on(store.queue_offsets("r", 0)).unwrap();
+    assert!(
+        min > 0,
+        "the queue's oldest entries went with their segments"
+    );
+    assert_eq!(max, n);
+    let r = get(&store, 0);
+    assert_eq!(
+        (r.status, r.min_offset, r.next_begin_offset),
+        (GetStatus::OffsetTooSmall, min, min)
+    );
+    let r = get(&store, min);
+    assert_eq!(r.status, GetStatus::Found);
+    assert_eq!(r.messages[0].message.body, body(min));
+    assert!(matches!(
+        store.read_message_blocking(shard, 0),
+        Err(ReadError::OffsetTooSmall { min: m, .. }) if m > 0
+    ));
+    // The newest data is never deleted, whatever the disk says.
+    for _ in 0..3 {
+        futures_lite::future::block_on(store.clean_now());
+    }
+    let r = get(&store, n - 1);
+    assert_eq!(r.messages[0].message.body, body(n - 1));
+
+    // Above the refuse ratio puts are refused with a clear error; reads keep working.
+    probe.set_ratio(0.95);
+    futures_lite::future::block_on(store.clean_now());
+    let refused = store.put_message_blocking(MessageInput::new("r", 0, body(n)));
+    assert!(
+        matches!(
+            refused,
+            Err(PutError::DiskFull {
+                used_percent: 95,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(get(&store, n - 1).status, GetStatus::Found);
+    // And accepted again once the disk has room.
+    probe.set_ratio(0.50);
+    futures_lite::future::block_on(store.clean_now());
+    let r = store
+        .put_message_blocking(MessageInput::new("r", 0, body(n)))
+        .unwrap();
+    assert_eq!(r.queue_offset, Some(n), "offsets continue, never reused");
+    futures_lite::future::block_on(store.shutdown()).unwrap();
+
+    // After a restart the queue still starts at the new minimum.
+    let store = Store::open(config(dir.path(), 2, FlushMode::Async)).unwrap();
+    let r = get(&store, 0);
+    assert_eq!(r.status, GetStatus::OffsetTooSmall);
+    assert!(r.min_offset >= min);
+    futures_lite::future::block_on(store.shutdown()).unwrap();
+}
+
+#[test]
+fn the_real_file_system_reports_a_sane_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let usage = StatvfsProbe.usage(dir.path()).unwrap();
+    assert!(usage.total_bytes > 0 && usage.available_bytes <= usage.total_bytes);
+    let ratio = usage.ratio();
+    assert!((0.0..=1.0).contains(&ratio), "{ratio}");
+    // A pass with the real probe: puts go on unless this disk really is that full.
+    let store = Store::open(config(dir.path(), 2, FlushMode::Async)).unwrap();
+    futures_lite::future::block_on(store.clean_now());
+    let put = store.put_message_blocking(MessageInput::new("r", 0, "x"));
+    if ratio < RetentionConfig::default().disk_refuse_ratio {
+        put.unwrap();
+    } else {
+        assert!(matches!(put, Err(PutError::DiskFull { .. })));
+    }
+    futures_lite::future::block_on(store.shutdown()).unwrap();
+}
