@@ -170,6 +170,9 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         .filter_map(|s| store.offsets(s))
         .map(|(w, _)| w)
         .sum();
+    let (cache_hits, cache_misses) = (0..store.shards())
+        .filter_map(|s| store.tail_cache_stats(s))
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     let handle = store.clone();
     let closing = Instant::now();
     futures_lite::future::block_on(store.shutdown())
@@ -223,6 +226,8 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
             },
         )
         .param("tail_max_lag_messages", max_lag)
+        .param("tail_cache_hits", cache_hits)
+        .param("tail_cache_misses", cache_misses)
         .param("queues", args.queues)
         .param("flush_disk_timeouts", timeouts)
         .param("latency", "put call to acknowledgement")
