@@ -19,6 +19,12 @@ pub fn config(dir: &Path, shards: usize, flush: FlushMode) -> StoreConfig {
         pin_shards: false,
         checkpoint_interval_ms: 50,
         flush_interval_ms: 20,
+        // Retention acts on the real disk's fill level: tests that do not test it must not
+        // lose data to it on a full CI disk. (tests/retention.rs sets its own.)
+        retention: shardmq_engine::RetentionConfig {
+            interval_ms: 3_600_000,
+            ..Default::default()
+        },
         ..StoreConfig::new(dir)
     }
 }
