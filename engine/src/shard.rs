@@ -81,6 +81,20 @@ struct Staged {
     deadline: Option<Instant>,
 }
 
+/// Puts whose offsets were asked for, in arrival order.
+struct Round {
+    puts: VecDeque<Staged>,
+    /// Per message: (owner, run, index in run).
+    places: Vec<(usize, usize, u32)>,
+    /// Per owner: the first offset of each run, once answered.
+    firsts: Vec<Vec<u64>>,
+    asks: Vec<(usize, oneshot::Receiver<Vec<u64>>)>,
+    lost: bool,
+}
+
+/// Rounds started ahead of the one being appended.
+const ROUNDS_AHEAD_MAX: usize = 2;
+
 /// An appended record waiting to be acknowledged and dispatched.
 struct Pending {
     end: u64,
@@ -103,9 +117,13 @@ pub struct Shard {
     disk_full: Cell<Option<f64>>,
     /// Puts waiting for a round of reservations, in arrival order.
     staged: RefCell<VecDeque<Staged>>,
-    /// A round of reservations is out: later puts queue behind it, keeping their order.
+    /// Rounds started, waiting for their answers, in order.
+    rounds: RefCell<VecDeque<Round>>,
+    /// A round is being finished (appended).
     reserving: Cell<bool>,
-    /// Something was staged, or a round ended.
+    /// An emptied staging buffer, for the next round.
+    spare: RefCell<VecDeque<Staged>>,
+    /// Something was staged, or a round started or ended.
     staged_event: LocalEvent,
     /// Appended records waiting for their write or flush, in CommitLog order.
     pending: RefCell<VecDeque<Pending>>,
@@ -165,7 +183,9 @@ impl Shard {
             closing: Cell::new(false),
             disk_full: Cell::new(None),
             staged: RefCell::default(),
+            rounds: RefCell::default(),
             reserving: Cell::new(false),
+            spare: RefCell::default(),
             staged_event: LocalEvent::default(),
             pending: RefCell::default(),
             links,
@@ -177,8 +197,15 @@ impl Shard {
         // shard, which holds the logs).
         shard.cl.spawn(dispatcher(shard.clone()));
         shard.cl.spawn(stager(shard.clone()));
+        shard.cl.spawn(appender(shard.clone()));
         shard.cqs.cq.spawn(intake_loop(shard.clone(), inbox.intake));
-        shard.cqs.cq.spawn(reserver(shard.clone(), inbox.reserve));
+        // Other shards wait for these answers before they can append: answer within a
+        // millisecond even while this shard is busy.
+        shard.cqs.cq.spawn_urgent(
+            "reservations",
+            Duration::from_millis(1),
+            reserver(shard.clone(), inbox.reserve),
+        );
         shard.cqs.cq.spawn(stop_with_queues(shard.clone()));
         if shard.config.flush_mode == FlushMode::Sync {
             shard.cl.spawn(flush_timeouts(shard.clone()));
@@ -193,6 +220,11 @@ impl Shard {
 
     pub fn stopped(&self) -> bool {
         self.cl.stopped()
+    }
+
+    /// A round is started or being appended: new puts must queue behind it.
+    fn rounds_busy(&self) -> bool {
+        self.reserving.get() || !self.rounds.borrow().is_empty()
     }
 
     fn owners(&self) -> usize {
@@ -299,7 +331,7 @@ impl Shard {
         };
         let owners = self.owners();
         let local = |m: &MessageInput| queue_shard(&m.topic, m.queue_id, owners) == self.id;
-        let queued = self.reserving.get() || !self.staged.borrow().is_empty();
+        let queued = self.rounds_busy() || !self.staged.borrow().is_empty();
         if queued || !staged.msgs.as_slice().iter().all(local) {
             self.staged.borrow_mut().push_back(staged);
             self.staged_event.notify();
@@ -325,16 +357,17 @@ impl Shard {
         self.cl.kick();
     }
 
-    /// One round: reserves the offsets of every staged put from their owners, then appends
-    /// the puts in order. If the round cannot finish, its puts fail and whatever was reserved
-    /// is given back as skips.
-    async fn run_round(&self, round: &mut VecDeque<Staged>, places: &mut Vec<(usize, usize, u32)>) {
+    /// Starts a round: asks each other owner for the offsets of the round's queues (one
+    /// message per owner) and reserves this shard's own. Rounds are answered in the order
+    /// they start (the channels are FIFO), so a round may start while the one before still
+    /// waits for its answers.
+    fn start_round(&self, puts: VecDeque<Staged>) -> Round {
         let owners = self.owners();
         let mut runs: Vec<Vec<Run>> = (0..owners).map(|_| Vec::new()).collect();
         // One run per queue in the round (its messages keep their order within it).
         let mut index: HashMap<(&str, u32), (usize, usize), FnvBuild> = HashMap::default();
-        places.clear();
-        for m in round.iter().flat_map(|s| s.msgs.as_slice()) {
+        let mut places = Vec::new();
+        for m in puts.iter().flat_map(|s| s.msgs.as_slice()) {
             let (owner, run) = *index.entry((&m.topic, m.queue_id)).or_insert_with(|| {
                 let owner = queue_shard(&m.topic, m.queue_id, owners);
                 runs[owner].push(Run {
@@ -370,6 +403,26 @@ impl Shard {
         if !runs[self.id].is_empty() {
             firsts[self.id] = self.cqs.reserve(&runs[self.id]);
         }
+        Round {
+            puts,
+            places,
+            firsts,
+            asks,
+            lost,
+        }
+    }
+
+    /// Finishes a round: waits for its owners' answers, then appends its puts in order. If
+    /// the round cannot finish, its puts fail and whatever was reserved is given back as
+    /// skips.
+    async fn finish_round(&self, round: Round) {
+        let Round {
+            mut puts,
+            places,
+            mut firsts,
+            asks,
+            mut lost,
+        } = round;
         for (owner, rx) in asks {
             match rx.await {
                 Some(f) => firsts[owner] = f,
@@ -379,7 +432,7 @@ impl Shard {
         let down = self.log_down().or(lost.then_some(PutError::ShuttingDown));
         if let Some(err) = down {
             let mut slots = Vec::new();
-            let msgs = round.iter().flat_map(|s| s.msgs.as_slice());
+            let msgs = puts.iter().flat_map(|s| s.msgs.as_slice());
             for (m, &(owner, run, k)) in msgs.zip(places.iter()) {
                 if let Some(first) = firsts[owner].get(run) {
                     slots.push(Slot {
@@ -389,7 +442,7 @@ impl Shard {
                     });
                 }
             }
-            for s in round.drain(..) {
+            for s in puts.drain(..) {
                 s.sink.fail(err.clone());
             }
             self.abandon(slots);
@@ -398,7 +451,7 @@ impl Shard {
         let now_ms = now_ms();
         let mut at = 0;
         let mut since_yield = 0;
-        while let Some(staged) = round.pop_front() {
+        while let Some(staged) = puts.pop_front() {
             let n = staged.sizes.as_slice().len();
             let offsets: Vec<u64> = places[at..at + n]
                 .iter()
@@ -407,15 +460,15 @@ impl Shard {
             at += n;
             self.append(staged, &offsets, now_ms);
             since_yield += n;
-            if since_yield >= APPLY_SLICE && !round.is_empty() {
+            if since_yield >= APPLY_SLICE && !puts.is_empty() {
                 // Let the writer start on what is appended, and other shards' requests in.
                 since_yield = 0;
                 self.cl.kick();
                 futures_lite::future::yield_now().await;
             }
         }
-        places.clear();
         self.cl.kick();
+        *self.spare.borrow_mut() = puts;
     }
 
     /// Appends a put's records with their reserved queue offsets.
@@ -615,7 +668,7 @@ impl Shard {
         self.closing.set(true);
         loop {
             let generation = self.staged_event.generation();
-            if self.cl.stopped() || (!self.reserving.get() && self.staged.borrow().is_empty()) {
+            if self.cl.stopped() || (!self.rounds_busy() && self.staged.borrow().is_empty()) {
                 break;
             }
             self.staged_event.wait_past(generation).await;
@@ -681,23 +734,44 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs rounds of reservations while puts are staged.
+/// Starts a round of reservations whenever puts are staged, up to `ROUNDS_AHEAD_MAX` ahead
+/// of the appender.
 async fn stager(shard: Rc<Shard>) {
-    let mut round = VecDeque::new();
-    let mut places = Vec::new();
     loop {
         let generation = shard.staged_event.generation();
-        if shard.staged.borrow().is_empty() {
+        let ready =
+            !shard.staged.borrow().is_empty() && shard.rounds.borrow().len() < ROUNDS_AHEAD_MAX;
+        if !ready {
             if shard.cl.stopped() {
                 return;
             }
             shard.staged_event.wait_past(generation).await;
             continue;
         }
+        // Swapped, not moved: an emptied round's buffer becomes the next staging buffer.
+        let puts = std::mem::replace(
+            &mut *shard.staged.borrow_mut(),
+            std::mem::take(&mut *shard.spare.borrow_mut()),
+        );
+        let round = shard.start_round(puts);
+        shard.rounds.borrow_mut().push_back(round);
+        shard.staged_event.notify();
+    }
+}
+
+/// Finishes rounds in the order they started.
+async fn appender(shard: Rc<Shard>) {
+    loop {
+        let generation = shard.staged_event.generation();
+        let Some(round) = shard.rounds.borrow_mut().pop_front() else {
+            if shard.cl.stopped() {
+                return;
+            }
+            shard.staged_event.wait_past(generation).await;
+            continue;
+        };
         shard.reserving.set(true);
-        // Swapped, not moved: the round's buffer becomes the next staging buffer.
-        std::mem::swap(&mut *shard.staged.borrow_mut(), &mut round);
-        shard.run_round(&mut round, &mut places).await;
+        shard.finish_round(round).await;
         shard.reserving.set(false);
         shard.staged_event.notify();
     }

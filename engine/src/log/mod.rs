@@ -328,6 +328,47 @@ impl Log {
         self.tasks.borrow_mut().push(handle);
     }
 
+    /// `spawn` into a task queue that asks the scheduler to preempt other work within
+    /// `latency` whenever this task has something to do.
+    pub fn spawn_urgent(
+        &self,
+        name: &str,
+        latency: Duration,
+        task: impl std::future::Future<Output = ()> + 'static,
+    ) {
+        let queue = glommio::executor().create_task_queue(
+            glommio::Shares::Static(1000),
+            glommio::Latency::Matters(latency),
+            name,
+        );
+        // Held outside the spawned wrapper, so that the task still runs (in the default
+        // queue) should glommio refuse the new queue.
+        let slot = Rc::new(RefCell::new(Some(task)));
+        let wrapper = {
+            let slot = slot.clone();
+            async move {
+                let task = slot.borrow_mut().take();
+                if let Some(task) = task {
+                    task.await;
+                }
+            }
+        };
+        let handle = match glommio::spawn_local_into(wrapper, queue) {
+            Ok(t) => t.detach(),
+            Err(e) => {
+                tracing::warn!(%e, name, "cannot create a task queue; using the default one");
+                let task = slot.borrow_mut().take();
+                glommio::spawn_local(async move {
+                    if let Some(task) = task {
+                        task.await;
+                    }
+                })
+                .detach()
+            }
+        };
+        self.tasks.borrow_mut().push(handle);
+    }
+
     /// Stops background tasks without flushing (a crash, as far as the data is concerned).
     pub fn stop(&self) {
         self.stopping.set(true);
