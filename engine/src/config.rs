@@ -20,6 +20,7 @@ impl std::fmt::Debug for ProbeHandle {
 
 use crate::error::ConfigError;
 use crate::io::FaultPlan;
+use crate::topics::{AutoCreate, QUEUES_MAX};
 
 /// When a put is acknowledged relative to the device flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +110,10 @@ pub struct StoreConfig {
     #[doc(hidden)]
     #[serde(skip)]
     pub usage_probe: Option<ProbeHandle>,
+    /// Whether a put to a topic that does not exist creates it, with how many queues and which
+    /// permission (RocketMQ's `autoCreateTopicEnable`, `defaultTopicQueueNums`): on, 8 queues,
+    /// read and write. In TOML: an `[auto_create]` table with `enabled`, `queues`, `perm`.
+    pub auto_create: AutoCreate,
     /// Test seam: fault injection and power-cut simulation. Never set in production.
     #[doc(hidden)]
     #[serde(skip)]
@@ -147,6 +152,7 @@ impl Default for StoreConfig {
             consume_queue_flush_least_pages: 2,
             retention: RetentionConfig::default(),
             usage_probe: None,
+            auto_create: AutoCreate::default(),
             fault_plan: None,
             unsafe_ack_before_flush: false,
         }
@@ -229,6 +235,12 @@ impl StoreConfig {
         if self.flush_interval_ms == 0 || self.checkpoint_interval_ms == 0 {
             return bad("flush_interval_ms and checkpoint_interval_ms must be positive".into());
         }
+        if !(1..=QUEUES_MAX).contains(&self.auto_create.queues) {
+            return bad(format!(
+                "auto_create.queues = {} must be 1..={QUEUES_MAX}",
+                self.auto_create.queues
+            ));
+        }
         Ok(())
     }
 
@@ -274,6 +286,22 @@ mod tests {
         assert_eq!(c.flush_mode, FlushMode::Async);
         let err = StoreConfig::from_toml_str("flush_intervall_ms = 3").unwrap_err();
         assert!(err.to_string().contains("flush_intervall_ms"), "{err}");
+    }
+
+    #[test]
+    fn auto_create_policy_from_toml() {
+        let c = StoreConfig::default();
+        assert_eq!(c.auto_create, AutoCreate::default());
+        assert!(c.auto_create.enabled);
+        assert_eq!(c.auto_create.queues, 8);
+        let c = StoreConfig::from_toml_str("[auto_create]\nenabled = false\n").unwrap();
+        assert!(!c.auto_create.enabled);
+        assert_eq!(c.auto_create.queues, 8);
+        let c = StoreConfig::from_toml_str("[auto_create]\nqueues = 4\nperm = 4\n").unwrap();
+        assert_eq!((c.auto_create.queues, c.auto_create.perm.bits()), (4, 4));
+        let err = StoreConfig::from_toml_str("[auto_create]\nqueues = 0\n").unwrap_err();
+        assert!(err.to_string().contains("auto_create.queues"), "{err}");
+        assert!(StoreConfig::from_toml_str("[auto_create]\nperm = 8\n").is_err());
     }
 
     #[test]

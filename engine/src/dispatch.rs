@@ -12,6 +12,8 @@
 //!   earlier batch.
 //! - [`Intake::Abandon`]: reserved offsets whose records will never be dispatched (the source
 //!   failed); the owner turns them into skip entries so the queue does not stall.
+//! - [`Intake::DropTopic`]: a topic's delete, queued behind every batch the sources sent
+//!   before it (see `Store::delete_topic`).
 //!
 //! Puts are answered by their source, not by the owner: see [`Reply`].
 
@@ -63,6 +65,23 @@ pub struct Slot {
 pub enum Intake {
     Dispatch(DispatchBatch),
     Abandon(Vec<Slot>),
+    DropTopic(DropTopic),
+}
+
+/// The owner's part of a topic's delete. Sent once every source has dispatched everything it
+/// appended before the delete began, on the same channel as their batches, so the owner
+/// handles it after all of them.
+#[derive(Debug)]
+pub struct DropTopic {
+    pub topic: String,
+    /// The incarnation being deleted (recorded in the ConsumeQueue log).
+    pub generation: u64,
+    /// Per source: its CommitLog end when it finished dispatching for the delete (and flushed
+    /// up to). The topic's records below it are the deleted incarnation's; the topic's later
+    /// records (a new incarnation) lie above it.
+    pub upto: Vec<u64>,
+    /// Answered once the "topic deleted" records are flushed.
+    pub reply: flume::Sender<Result<(), String>>,
 }
 
 /// A reservation, answered with the first offset of each run, in order. Reservations travel

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::record::{DecodeError, EncodeError};
+use crate::topics::{Perm, TopicError, TopicsFileError};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -61,6 +62,16 @@ pub enum OpenError {
     ShardStart { shard: usize, reason: String },
     #[error("recovery of shard {shard} failed: {source}")]
     Recovery { shard: usize, source: RecoveryError },
+    #[error(transparent)]
+    Topics(#[from] TopicsFileError),
+    #[error(
+        "topic {topic:?} was being deleted when the store last stopped, and finishing the \
+         delete failed: {source}"
+    )]
+    InterruptedDelete {
+        topic: String,
+        source: Box<TopicAdminError>,
+    },
 }
 
 /// A problem found while recovering a shard's CommitLog.
@@ -116,6 +127,44 @@ pub enum PutError {
          retention.disk_refuse_ratio); reads keep working"
     )]
     DiskFull { shard: usize, used_percent: u32 },
+    #[error("topic {topic:?} does not exist and auto-create is disabled")]
+    TopicNotExist { topic: String },
+    #[error("topic {topic:?} could not be auto-created: {reason}")]
+    TopicNotCreated { topic: String, reason: String },
+    #[error("topic {topic:?} is being deleted; retry once the delete finished")]
+    TopicDeleting { topic: String },
+    #[error(
+        "queue id {queue_id} is out of range: topic {topic:?} has {write_queues} write queues"
+    )]
+    QueueIdOutOfRange {
+        topic: String,
+        queue_id: u32,
+        write_queues: u32,
+    },
+    #[error("topic {topic:?} does not take writes (permission {perm})")]
+    NoPermission { topic: String, perm: Perm },
+}
+
+/// Why a topic administration call (create, update, delete) failed. The table is unchanged
+/// unless said otherwise.
+#[derive(Debug, Error)]
+pub enum TopicAdminError {
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    /// The new table could not be saved; the change was not made.
+    #[error(transparent)]
+    File(#[from] TopicsFileError),
+    #[error("topic {name:?} is being deleted")]
+    Deleting { name: String },
+    /// A shard could not take part in the delete (it failed or is stopping). The topic stays
+    /// refused to producers; calling `delete_topic` again retries, and the next open finishes
+    /// it if any shard recorded it.
+    #[error("delete of topic {name:?} did not complete on shard {shard}: {reason}")]
+    DeleteIncomplete {
+        name: String,
+        shard: usize,
+        reason: String,
+    },
 }
 
 /// Why reading a record back failed.

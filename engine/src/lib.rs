@@ -19,6 +19,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map and `docs/format.md` for the on-disk layouts.
 
+mod catalog;
 mod cleaner;
 pub mod config;
 pub mod consumequeue;
@@ -41,7 +42,9 @@ mod waiters;
 
 pub use config::{FlushMode, ProbeHandle, StoreConfig};
 pub use consumequeue::read::{GetRequest, GetResult, GetStatus, QueueMessage};
-pub use error::{ConfigError, OpenError, PutError, ReadError, RecoveryError, ShutdownError};
+pub use error::{
+    ConfigError, OpenError, PutError, ReadError, RecoveryError, ShutdownError, TopicAdminError,
+};
 pub use filter::TagFilter;
 pub use io::FaultPlan;
 pub use log::recovery::{CutReport, RecoveryReport};

@@ -15,12 +15,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::catalog::TopicView;
 use crate::config::{FlushMode, StoreConfig};
 use crate::consumequeue::read::ClReader;
 use crate::consumequeue::ConsumeQueues;
 use crate::dispatch::{
-    push_run, DispatchBatch, DispatchRecord, Intake, OwnerInbox, OwnerLink, Reply, Reserve, Run,
-    Sink, Slot,
+    push_run, DispatchBatch, DispatchRecord, DropTopic, Intake, OwnerInbox, OwnerLink, Reply,
+    Reserve, Run, Sink, Slot,
 };
 use crate::error::PutError;
 use crate::filter::tag_hash;
@@ -123,6 +124,10 @@ pub struct Shard {
     reserving: Cell<bool>,
     /// An emptied staging buffer, for the next round.
     spare: RefCell<VecDeque<Staged>>,
+    /// Rounds the stager began and the appender finished (a delete waits for the rounds
+    /// holding puts accepted before it; rounds finish in the order they begin).
+    rounds_begun: Cell<u64>,
+    rounds_done: Cell<u64>,
     /// Something was staged, or a round started or ended.
     staged_event: LocalEvent,
     /// Appended records waiting for their write or flush, in CommitLog order.
@@ -131,6 +136,8 @@ pub struct Shard {
     links: Vec<OwnerLink>,
     /// Topic names shared by dispatch records.
     topics: RefCell<HashMap<String, Arc<str>, FnvBuild>>,
+    /// The topic table as this shard last saw it: puts are checked against it.
+    catalog: TopicView,
     /// The intake task is handling a message.
     intake_busy: Cell<bool>,
     intake_idle: LocalEvent,
@@ -164,6 +171,7 @@ pub fn commitlog_spec(id: usize, config: &StoreConfig) -> LogSpec {
 
 impl Shard {
     /// Assembles a recovered shard and starts its tasks.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         id: usize,
         config: Arc<StoreConfig>,
@@ -172,6 +180,7 @@ impl Shard {
         reader: ClReader,
         links: Vec<OwnerLink>,
         inbox: OwnerInbox,
+        catalog: TopicView,
     ) -> Rc<Shard> {
         let shard = Rc::new(Shard {
             id,
@@ -186,10 +195,13 @@ impl Shard {
             rounds: RefCell::default(),
             reserving: Cell::new(false),
             spare: RefCell::default(),
+            rounds_begun: Cell::new(0),
+            rounds_done: Cell::new(0),
             staged_event: LocalEvent::default(),
             pending: RefCell::default(),
             links,
             topics: RefCell::default(),
+            catalog,
             intake_busy: Cell::new(false),
             intake_idle: LocalEvent::default(),
         });
@@ -289,6 +301,21 @@ impl Shard {
         }
     }
 
+    /// Checks every message's topic and queue against the topic table (auto-creating missing
+    /// topics by the store's policy): the topic must take writes and the queue id be below its
+    /// write queue count.
+    fn admit(&self, msgs: &Puts) -> Result<(), PutError> {
+        let mut last: Option<(&str, u32)> = None;
+        for m in msgs.as_slice() {
+            let key = Some((m.topic.as_str(), m.queue_id));
+            if last != key {
+                self.catalog.admit(&m.topic, m.queue_id)?;
+                last = key;
+            }
+        }
+        Ok(())
+    }
+
     /// The topic's name shared by this shard's dispatch records (interned: one allocation per
     /// topic, not per record).
     fn intern(&self, topic: &str) -> Arc<str> {
@@ -312,9 +339,9 @@ impl Shard {
         self.put_sized(msgs, sizes, sink);
     }
 
-    /// `put` of messages already validated.
+    /// `put` of messages whose sizes are checked; checks their topics and queues.
     pub fn put_sized(&self, msgs: Puts, sizes: Sizes, sink: Sink) {
-        if let Err(e) = self.check_open() {
+        if let Err(e) = self.check_open().and_then(|()| self.admit(&msgs)) {
             return sink.fail(e);
         }
         if !self.cl.has_room(sizes.total()) {
@@ -662,6 +689,65 @@ impl Shard {
         }
     }
 
+    /// A topic delete, source side: every put accepted before this call is appended, written
+    /// and flushed (under ASYNC_FLUSH too: a delete's record in a ConsumeQueue log must never
+    /// point past a CommitLog a power cut could shorten), and its records are sent to their
+    /// owners. Returns the CommitLog end this covers. Unlike `shutdown_sources`, puts keep
+    /// coming meanwhile and nothing waits for them.
+    pub async fn dispatch_accepted(&self) -> Result<u64, String> {
+        // The puts staged now run in the current round (if one is out) or the next.
+        let rounds = self.rounds_begun.get() + u64::from(!self.staged.borrow().is_empty());
+        loop {
+            let generation = self.staged_event.generation();
+            if self.cl.stopped() || self.rounds_done.get() >= rounds {
+                break;
+            }
+            self.staged_event.wait_past(generation).await;
+        }
+        let end = self.cl.append_offset();
+        self.cl.kick();
+        self.cl.wait_until(|log| log.written() >= end).await;
+        if let Some(e) = self.log_down() {
+            return Err(e.to_string());
+        }
+        if self.cl.flushed() < end {
+            self.cl
+                .flush_once()
+                .await
+                .map_err(|_| self.cl.failure().unwrap_or_default())?;
+        }
+        self.dispatch_ready();
+        Ok(end)
+    }
+
+    /// A topic delete, owner side: queued behind every dispatch batch received so far.
+    pub fn drop_topic(&self, drop: DropTopic) {
+        if let Err(flume::SendError(Intake::DropTopic(drop))) =
+            self.links[self.id].intake.send(Intake::DropTopic(drop))
+        {
+            let _ = drop.reply.send(Err("the shard is stopping".into()));
+        }
+    }
+
+    /// Handles a delete in the intake: every batch sent before it is applied.
+    async fn apply_drop_topic(&self, drop: DropTopic) {
+        let cq = &self.cqs.cq;
+        cq.wait_for_room(self.cqs.drop_bytes(&drop.topic)).await;
+        let end = self
+            .cqs
+            .drop_topic(&drop.topic, drop.generation, &drop.upto);
+        cq.wait_until(|log| log.written() >= end).await;
+        let flushed = match cq.failure() {
+            Some(reason) => Err(reason),
+            None if cq.written() < end => Err("the shard is stopping".into()),
+            None => cq
+                .flush_once()
+                .await
+                .map_err(|_| cq.failure().unwrap_or_default()),
+        };
+        let _ = drop.reply.send(flushed);
+    }
+
     /// Shutdown, first step (on every shard before the second): no new puts; everything
     /// accepted is appended, written, flushed and dispatched.
     pub async fn shutdown_sources(&self) -> Result<(), String> {
@@ -753,6 +839,7 @@ async fn stager(shard: Rc<Shard>) {
             &mut *shard.staged.borrow_mut(),
             std::mem::take(&mut *shard.spare.borrow_mut()),
         );
+        shard.rounds_begun.set(shard.rounds_begun.get() + 1);
         let round = shard.start_round(puts);
         shard.rounds.borrow_mut().push_back(round);
         shard.staged_event.notify();
@@ -772,6 +859,7 @@ async fn appender(shard: Rc<Shard>) {
         };
         shard.reserving.set(true);
         shard.finish_round(round).await;
+        shard.rounds_done.set(shard.rounds_done.get() + 1);
         shard.reserving.set(false);
         shard.staged_event.notify();
     }
@@ -829,6 +917,8 @@ async fn intake_loop(shard: Rc<Shard>, rx: flume::Receiver<Intake>) {
                 shard.cqs.cq.wait_for_room(need).await;
                 shard.cqs.abandon(slots);
             }
+            // Deletes are rare: the intake waits for this one's flush rather than reorder.
+            Intake::DropTopic(drop) => shard.apply_drop_topic(drop).await,
         }
         shard.intake_busy.set(false);
         shard.intake_idle.notify();

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use glommio::LocalExecutorBuilder;
 
+use crate::catalog::{Catalog, TopicView};
 use crate::config::StoreConfig;
 use crate::consumequeue::read::ClReader;
 use crate::consumequeue::ConsumeQueues;
@@ -62,6 +63,7 @@ pub struct ShardThread {
     pub links: Vec<OwnerLink>,
     pub intake: flume::Receiver<Intake>,
     pub reserve: flume::Receiver<Reserve>,
+    pub catalog: Arc<Catalog>,
 }
 
 fn recovery(shard: usize) -> impl Fn(RecoveryError) -> OpenError {
@@ -132,6 +134,7 @@ pub fn run_shard(builder: LocalExecutorBuilder, t: ShardThread) {
                 intake: t.intake.clone(),
                 reserve: t.reserve.clone(),
             },
+            TopicView::new(t.catalog.clone()),
         );
         set_local_shard(Some((t.store, shard.clone())));
         serve(&shard, &t.requests, &t.intake).await;
@@ -312,6 +315,18 @@ async fn serve(shard: &Rc<Shard>, rx: &flume::Receiver<Request>, intake: &flume:
                 wait_for(shard, &topic, queue_id, offset, timeout, reply);
             }
             Request::Run(job) => job(),
+            Request::DispatchAccepted(reply) => {
+                // A task of the CommitLog's, so that stopping the shard cancels it (it may be
+                // flushing); the request loop goes on meanwhile.
+                let task_shard = shard.clone();
+                shard.cl.spawn(async move {
+                    let _ = reply.send(task_shard.dispatch_accepted().await);
+                });
+            }
+            Request::DropTopic(drop) => shard.drop_topic(drop),
+            Request::DeletedTopics(reply) => {
+                let _ = reply.send(shard.cqs.deleted_generations());
+            }
             Request::ShutdownSources(reply) => {
                 let _ = reply.send(shard.shutdown_sources().await);
             }

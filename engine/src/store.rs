@@ -1,6 +1,7 @@
 //! The embeddable store: opens the shards, routes puts and reads to them, shuts them down.
 
 use std::cell::RefCell;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
@@ -13,10 +14,11 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::catalog::Catalog;
 use crate::config::StoreConfig;
 use crate::consumequeue::read::{GetRequest, GetResult};
-use crate::dispatch::{DispatchBatch, DispatchRecord, OwnerLink, Sink};
-use crate::error::{io_context, OpenError, PutError, ReadError, ShutdownError};
+use crate::dispatch::{DispatchBatch, DispatchRecord, DropTopic, OwnerLink, Sink};
+use crate::error::{io_context, OpenError, PutError, ReadError, ShutdownError, TopicAdminError};
 use crate::log::recovery::RecoveryReport;
 use crate::log::LogShared;
 use crate::meta::{self, DirLock, Meta};
@@ -26,6 +28,7 @@ use crate::runtime;
 use crate::shard::Puts;
 use crate::shard::Shard;
 use crate::startup::{run_shard, Ctl, Init, ShardThread};
+use crate::topics::{Perm, TopicConfig, TopicTable, TopicUpdate};
 
 /// Requests a shard's channel may hold before senders wait (or get `Busy`).
 pub const SHARD_REQUESTS_MAX: usize = 4096;
@@ -67,6 +70,13 @@ pub(crate) enum Request {
     OffsetForTime(String, u32, i64, flume::Sender<Option<u64>>),
     Wait(String, u32, u64, Duration, flume::Sender<bool>),
     Run(Job),
+    /// A delete's first step: answered with the shard's CommitLog end once everything
+    /// appended before is flushed and dispatched.
+    DispatchAccepted(flume::Sender<Result<u64, String>>),
+    /// A delete's second step, for the shard as an owner.
+    DropTopic(DropTopic),
+    /// The `(topic, generation)` of every delete recorded in the shard's ConsumeQueue log.
+    DeletedTopics(flume::Sender<Vec<(String, u64)>>),
     ShutdownSources(flume::Sender<Result<(), String>>),
     ShutdownOwner(flume::Sender<Result<(), String>>),
 }
@@ -85,6 +95,8 @@ struct Inner {
     threads: Mutex<Vec<(ThreadId, JoinHandle<()>)>>,
     reports: Vec<RecoveryReport>,
     cq_reports: Vec<RecoveryReport>,
+    /// The topic table: its one writer, and the snapshots the shards read.
+    catalog: Arc<Catalog>,
     _lock: DirLock,
 }
 
@@ -126,6 +138,8 @@ impl Store {
         let lock = meta::lock_dir(&dir)?;
         let cpus = runtime::allowed_cpus();
         let meta = meta::load_or_create(&dir, config.shards, cpus.len().max(1))?;
+        let table = TopicTable::load(&dir)?;
+        let catalog = Arc::new(Catalog::new(dir.clone(), config.auto_create, table));
         runtime::probe_io_uring()?;
         let shards = meta.shards as usize;
         let io = runtime::size_io_memory(shards, config.io_memory_bytes)?;
@@ -186,6 +200,7 @@ impl Store {
                 links: links.clone(),
                 intake,
                 reserve,
+                catalog: catalog.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shardmq-shard-{shard}"))
@@ -212,6 +227,7 @@ impl Store {
             threads: Mutex::new(threads),
             reports: Vec::new(),
             cq_reports: Vec::new(),
+            catalog,
             _lock: lock,
         };
         // On error, dropping `inner` (and the control channels) stops and joins the threads.
@@ -219,9 +235,42 @@ impl Store {
         inner.reports = reports;
         inner.cq_reports = cq_reports;
         drop(ctls);
-        Ok(Store {
+        let store = Store {
             inner: Arc::new(inner),
-        })
+        };
+        store.finish_interrupted_deletes()?;
+        Ok(store)
+    }
+
+    /// A delete whose "topic deleted" records reached a ConsumeQueue log but whose topic is
+    /// still in the table (the store stopped before the table was saved, or before every
+    /// shard recorded it) is run again, so no shard keeps serving the deleted incarnation.
+    fn finish_interrupted_deletes(&self) -> Result<(), OpenError> {
+        let recorded: BTreeSet<(String, u64)> =
+            futures_lite::future::block_on(self.ask_all(Request::DeletedTopics))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .collect();
+        if recorded.is_empty() {
+            return Ok(());
+        }
+        for topic in self.inner.catalog.all() {
+            if !recorded.contains(&(topic.name.clone(), topic.generation)) {
+                continue;
+            }
+            tracing::warn!(
+                topic = %topic.name, generation = topic.generation,
+                "finishing the delete of a topic interrupted when the store last stopped"
+            );
+            futures_lite::future::block_on(self.delete(&topic.name)).map_err(|e| {
+                OpenError::InterruptedDelete {
+                    topic: topic.name.clone(),
+                    source: Box::new(e),
+                }
+            })?;
+        }
+        Ok(())
     }
 
     pub fn shards(&self) -> usize {
@@ -426,6 +475,124 @@ impl Store {
             }
         }
         result
+    }
+
+    /// Sends every shard a request (all of them first), then collects the answers in shard
+    /// order (`None` for a shard that is gone).
+    async fn ask_all<T>(&self, make: impl Fn(flume::Sender<T>) -> Request) -> Vec<Option<T>> {
+        let mut answers = Vec::with_capacity(self.shards());
+        for handle in &self.inner.shards {
+            let (tx, rx) = flume::bounded(1);
+            let sent = handle.tx.send_async(make(tx)).await.is_ok();
+            answers.push(sent.then_some(rx));
+        }
+        let mut out = Vec::with_capacity(answers.len());
+        for rx in answers {
+            out.push(match rx {
+                Some(rx) => rx.recv_async().await.ok(),
+                None => None,
+            });
+        }
+        out
+    }
+
+    /// Creates a topic (RocketMQ's `updateAndCreateTopic` for a new one), saving the table.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        read_queues: u32,
+        write_queues: u32,
+        perm: Perm,
+    ) -> Result<TopicConfig, TopicAdminError> {
+        self.inner
+            .catalog
+            .create(name, read_queues, write_queues, perm)
+    }
+
+    /// Changes a topic's queue counts or permission, saving the table. Shrinking the queue
+    /// counts keeps the messages of the queues beyond them (as RocketMQ does); puts to them are
+    /// refused.
+    pub fn update_topic(
+        &self,
+        name: &str,
+        update: TopicUpdate,
+    ) -> Result<TopicConfig, TopicAdminError> {
+        self.inner.catalog.update(name, update)
+    }
+
+    /// Every topic, sorted by name (a topic being deleted is left out).
+    pub fn topics(&self) -> Vec<TopicConfig> {
+        self.inner.catalog.list()
+    }
+
+    /// A topic's config, if it exists (and is not being deleted).
+    pub fn topic(&self, name: &str) -> Option<TopicConfig> {
+        self.inner.catalog.get(name)
+    }
+
+    /// Deletes a topic with its queues and returns its last config. Once this resolves, the
+    /// topic's messages and offsets are gone for good: a topic created again under the name
+    /// (a new generation) starts every queue at offset 0 with only its own messages, also
+    /// after a crash and recovery.
+    ///
+    /// Puts to the topic are refused (`TopicDeleting`) from the call on. It is a barrier
+    /// over every shard: each makes what it appended before durable and dispatches it; then
+    /// each, as an owner, applies all of it, forgets the topic's queues and flushes a "topic
+    /// deleted" record (with, per source shard, the CommitLog offset the deleted incarnation
+    /// ends below, which recovery's re-dispatch honours); then the table is saved. Await it
+    /// from any thread or task, but never block a shard thread on it (the shard takes part).
+    pub fn delete_topic(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<TopicConfig, TopicAdminError>> + Send + 'static {
+        let store = self.clone();
+        let name = name.to_owned();
+        async move { store.delete(&name).await }
+    }
+
+    async fn delete(&self, name: &str) -> Result<TopicConfig, TopicAdminError> {
+        let config = self.inner.catalog.begin_delete(name)?;
+        match self.drop_everywhere(&config).await {
+            Ok(()) => self.inner.catalog.finish_delete(name),
+            Err(e) => {
+                self.inner.catalog.stall_delete(name);
+                Err(e)
+            }
+        }
+    }
+
+    /// The delete barrier (see `delete_topic`): every source dispatches what it accepted,
+    /// then every owner drops the topic behind all of it.
+    async fn drop_everywhere(&self, config: &TopicConfig) -> Result<(), TopicAdminError> {
+        let incomplete = |shard: usize, reason: String| TopicAdminError::DeleteIncomplete {
+            name: config.name.clone(),
+            shard,
+            reason,
+        };
+        let stopping = || "the shard is stopping".to_owned();
+        let mut upto = Vec::with_capacity(self.shards());
+        let ends = self.ask_all(Request::DispatchAccepted).await;
+        for (shard, end) in ends.into_iter().enumerate() {
+            upto.push(
+                end.unwrap_or_else(|| Err(stopping()))
+                    .map_err(|r| incomplete(shard, r))?,
+            );
+        }
+        let dropped = self
+            .ask_all(|reply| {
+                Request::DropTopic(DropTopic {
+                    topic: config.name.clone(),
+                    generation: config.generation,
+                    upto: upto.clone(),
+                    reply,
+                })
+            })
+            .await;
+        for (shard, done) in dropped.into_iter().enumerate() {
+            done.unwrap_or_else(|| Err(stopping()))
+                .map_err(|r| incomplete(shard, r))?;
+        }
+        Ok(())
     }
 
     fn ask<T: Send + 'static>(

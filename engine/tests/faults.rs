@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::{body, config};
 use shardmq_engine::{
-    FaultPlan, FlushMode, GetRequest, MessageInput, PutError, PutResult, PutStatus, Store,
+    FaultPlan, FlushMode, GetRequest, MessageInput, Perm, PutError, PutResult, PutStatus, Store,
     StoreConfig, TagFilter,
 };
 
@@ -30,6 +30,11 @@ type Acked = Vec<(u32, u64, PutResult)>;
 type Others = Vec<Result<PutResult, PutError>>;
 
 fn load(store: &Store) -> (Acked, Others) {
+    // One queue per writer: more than an auto-created topic has.
+    let queues = 2 * WRITERS_PER_SHARD;
+    store
+        .create_topic("faults", queues, queues, Perm::READ_WRITE)
+        .unwrap();
     load_with(store, msg)
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::config;
 use shardmq_engine::{
-    FlushMode, GetRequest, GetStatus, MessageInput, PutStatus, Store, StoreConfig, TagFilter,
+    FlushMode, GetRequest, GetStatus, MessageInput, Perm, PutStatus, Store, StoreConfig, TagFilter,
 };
 
 const QUEUES: u32 = 64;
@@ -59,6 +59,10 @@ fn two_hundred_thousand_messages_make_dense_ordered_queues() {
         ..config(dir.path(), 2, FlushMode::Async)
     };
     let store = Store::open(cfg).unwrap();
+    // More queues than auto-creation gives a topic.
+    store
+        .create_topic("orders", QUEUES, QUEUES, Perm::READ_WRITE)
+        .unwrap();
     let mut tasks = Vec::new();
     for sender in 0..SENDERS {
         let s = store.clone();

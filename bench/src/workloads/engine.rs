@@ -24,8 +24,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use shardmq_engine::{
-    FlushMode, GetRequest, GetStatus, MessageInput, PutStatus, Store, StoreConfig, TagFilter,
+    FlushMode, GetRequest, GetStatus, MessageInput, Perm, PutStatus, Store, StoreConfig, TagFilter,
 };
+
+/// The one topic the producers send to.
+const TOPIC: &str = "bench";
 
 use crate::device::{BlockDevice, FlushCounter};
 use crate::error::BenchError;
@@ -59,7 +62,8 @@ pub struct EngineArgs {
     /// store's `io_poll_interval_us`).
     #[arg(long)]
     pub io_poll_us: Option<u64>,
-    /// Queues per topic the producers cycle through (one topic).
+    /// Queues the producers cycle through (one topic, created with this many queues; at most
+    /// 65 536).
     #[arg(long, default_value_t = 8)]
     pub queues: u32,
     /// Tailing readers (tasks on the shards) reading every queue while the appends run; the
@@ -120,6 +124,16 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
     };
     let (store_chunk, store_writes) = (config.write_chunk_bytes, config.writes_in_flight_max);
     let store = Store::open(config).map_err(|e| BenchError::Engine(e.to_string()))?;
+    // Producers send to queues `0..--queues`: the topic needs that many write queues, more
+    // than auto-creation would give it.
+    store
+        .create_topic(
+            TOPIC,
+            args.queues.max(1),
+            args.queues.max(1),
+            Perm::READ_WRITE,
+        )
+        .map_err(|e| BenchError::Engine(format!("cannot create the bench topic: {e}")))?;
     let mut flushes = FlushCounter::start(BlockDevice::for_path(tmp.path()));
     let body = Bytes::from(vec![b'm'; args.size as usize]);
     let start = Instant::now();
@@ -249,7 +263,7 @@ async fn tail(store: Store, queues: Vec<u32>, producing: Arc<AtomicBool>) -> (u6
         for (i, &queue) in queues.iter().enumerate() {
             let req = GetRequest {
                 group: "bench-tail".into(),
-                topic: "bench".into(),
+                topic: TOPIC.into(),
                 queue_id: queue,
                 offset: offsets[i],
                 max_messages: 256,
@@ -273,7 +287,7 @@ async fn tail(store: Store, queues: Vec<u32>, producing: Arc<AtomicBool>) -> (u6
             }
             if let Some((i, &q)) = queues.iter().enumerate().next() {
                 store
-                    .wait_for_message("bench", q, offsets[i], std::time::Duration::from_millis(50))
+                    .wait_for_message(TOPIC, q, offsets[i], std::time::Duration::from_millis(50))
                     .await;
             } else {
                 return (read, max_lag);
@@ -303,7 +317,7 @@ async fn produce(
     while sent < n || !window.is_empty() {
         while sent < n && window.len() < inflight {
             let queue = (id + sent as u32) % queues;
-            let msg = MessageInput::new("bench", queue, body.clone());
+            let msg = MessageInput::new(TOPIC, queue, body.clone());
             window.push_back((now, store.put_message(msg)));
             sent += 1;
         }

@@ -13,7 +13,7 @@ pub mod read;
 pub mod record;
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +109,13 @@ pub struct ConsumeQueues {
     /// Per source: its records dispatched but parked behind an earlier reserved offset of
     /// their queue (not yet in the log, so the mark stays below them).
     parked: RefCell<Vec<Parked>>,
+    /// Recovery only (emptied by `seal`): per deleted topic, per source, the CommitLog offset
+    /// below which that source's records of the topic belong to a deleted incarnation, so
+    /// re-dispatch must not put them into the topic's current queues.
+    deleted_below: RefCell<HashMap<String, Vec<u64>, FnvBuild>>,
+    /// The `(topic, generation)` of every "topic deleted" record in the log, so that opening
+    /// the store can finish a delete that was recorded here but not in the topic table.
+    deleted_generations: RefCell<BTreeSet<(String, u64)>>,
 }
 
 fn spec(id: usize, config: &StoreConfig, cl_ends: Vec<u64>) -> LogSpec {
@@ -161,6 +168,8 @@ impl ConsumeQueues {
             marks: RefCell::new(vec![0; shards]),
             received: RefCell::new(vec![0; shards]),
             parked: RefCell::new((0..shards).map(|_| Parked::default()).collect()),
+            deleted_below: RefCell::default(),
+            deleted_generations: RefCell::default(),
         });
         cqs.rebuild().await.map_err(|source| RecoveryError::Io {
             what: "cannot read the ConsumeQueue log in",
@@ -200,9 +209,96 @@ impl ConsumeQueues {
                         *m = (*m).max(upto);
                     }
                 }
+                CqRecord::TopicDeleted {
+                    topic,
+                    generation,
+                    source,
+                    upto,
+                } => self.load_topic_deleted(topic, generation, source, upto),
             }
         }
         Ok(())
+    }
+
+    /// A "topic deleted" record while rebuilding: the entries of the topic loaded so far are
+    /// void; what follows in the log belongs to a later incarnation.
+    fn load_topic_deleted(&self, topic: String, generation: u64, source: u16, upto: u64) {
+        self.queues.borrow_mut().remove(&topic);
+        let shards = self.marks.borrow().len();
+        let mut deleted = self.deleted_below.borrow_mut();
+        let below = deleted
+            .entry(topic.clone())
+            .or_insert_with(|| vec![0; shards]);
+        if let Some(b) = below.get_mut(source as usize) {
+            *b = (*b).max(upto);
+        }
+        self.deleted_generations
+            .borrow_mut()
+            .insert((topic, generation));
+    }
+
+    /// The `(topic, generation)` of every delete recorded in this shard's log.
+    pub fn deleted_generations(&self) -> Vec<(String, u64)> {
+        self.deleted_generations.borrow().iter().cloned().collect()
+    }
+
+    /// Whether a re-dispatched record belongs to a deleted incarnation of its topic.
+    fn of_deleted_topic(&self, r: &DispatchRecord) -> bool {
+        let deleted = self.deleted_below.borrow();
+        if deleted.is_empty() {
+            return false;
+        }
+        deleted
+            .get(&*r.topic)
+            .and_then(|below| below.get(r.source as usize))
+            .is_some_and(|&below| r.cl_offset < below)
+    }
+
+    /// Bytes `drop_topic` may append.
+    pub fn drop_bytes(&self, topic: &str) -> usize {
+        let sources = self.marks.borrow().len();
+        (record::topic_deleted_len(topic) + record::WATERMARK_LEN) * sources
+    }
+
+    /// Deletes a topic's queues, once every source's records of it (everything appended
+    /// before the delete, each source below `upto[source]`) were applied: forgets the queues
+    /// (their waiting readers get `false`), releases their parked records, and appends a
+    /// "topic deleted" record per source and the watermarks that rose. Returns the log offset
+    /// the caller must see flushed before the delete is durable.
+    pub fn drop_topic(&self, topic: &str, generation: u64, upto: &[u64]) -> u64 {
+        let dropped = self.queues.borrow_mut().remove(topic);
+        {
+            let mut parked = self.parked.borrow_mut();
+            let reserved = dropped
+                .iter()
+                .flat_map(|qs| qs.values())
+                .flat_map(|q| q.reserved.iter().flatten());
+            for e in reserved.filter(|e| !e.is_skip()) {
+                if let Some(p) = parked.get_mut(e.source as usize) {
+                    p.settled(e.cl_offset);
+                }
+            }
+        }
+        // Dropping the queues drops their waiters' senders: each waiter wakes with `false`.
+        drop(dropped);
+        if self.cq.failure().is_none() {
+            for (source, &upto) in upto.iter().enumerate() {
+                self.cq
+                    .append(record::topic_deleted_len(topic), |pos, out| {
+                        record::encode_topic_deleted(
+                            topic,
+                            generation,
+                            source as u16,
+                            upto,
+                            pos,
+                            out,
+                        )
+                    });
+            }
+        }
+        self.write_marks();
+        self.cq.kick();
+        self.cq.append_offset()
     }
 
     fn load_entry(&self, e: CqEntry) {
@@ -270,6 +366,9 @@ impl ConsumeQueues {
     /// watermarks that rose.
     pub fn apply(&self, batch: DispatchBatch) {
         for r in batch.records {
+            if self.of_deleted_topic(&r) {
+                continue;
+            }
             self.place(r);
         }
         if let Some(got) = self.received.borrow_mut().get_mut(batch.source as usize) {
@@ -311,8 +410,11 @@ impl ConsumeQueues {
     }
 
     /// Recovery, after every re-dispatched record was placed: offsets nobody filled were
-    /// reserved for records that did not survive; they become skips.
+    /// reserved for records that did not survive; they become skips. The watermarks written
+    /// here cover every surviving record, so no later recovery re-reads a record a delete
+    /// voided, and the voided ranges are forgotten.
     pub fn seal(&self) {
+        self.deleted_below.borrow_mut().clear();
         let mut queues = self.queues.borrow_mut();
         for (topic, qs) in queues.iter_mut() {
             for (&queue_id, q) in qs.iter_mut() {

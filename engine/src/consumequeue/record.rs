@@ -1,6 +1,7 @@
 //! ConsumeQueue log records, pure. One log per owner shard holds the entries of every queue
 //! that shard owns, interleaved in the order the owner assigned their queue offsets, plus
-//! watermarks saying how far each source shard's CommitLog has been dispatched. Framed like
+//! watermarks saying how far each source shard's CommitLog has been dispatched, and "topic
+//! deleted" records that end a topic's queues (see `ConsumeQueues::drop_topic`). Framed like
 //! CommitLog records (size, magic, CRC, own position) so that the same recovery applies.
 //! Layout: `docs/format.md`, "ConsumeQueue log".
 
@@ -14,6 +15,7 @@ pub const CQ_HEADER_LEN: usize = 64;
 pub const CQ_RECORD_MAX: usize = CQ_HEADER_LEN + TOPIC_LEN_MAX;
 const KIND_ENTRY: u8 = 1;
 const KIND_WATERMARK: u8 = 2;
+const KIND_TOPIC_DELETED: u8 = 3;
 
 /// One queue entry: where the message lies and what a reader filters on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +40,16 @@ pub enum CqRecord {
         source: u16,
         upto: u64,
     },
+    /// The topic's incarnation `generation` was deleted: every entry of the topic before this
+    /// point of the log is void, and every CommitLog record of the topic from `source` below
+    /// `upto` belongs to a deleted incarnation (recovery must not re-dispatch it). Written once
+    /// per source shard.
+    TopicDeleted {
+        topic: String,
+        generation: u64,
+        source: u16,
+        upto: u64,
+    },
 }
 
 pub fn entry_len(topic: &str) -> usize {
@@ -45,6 +57,20 @@ pub fn entry_len(topic: &str) -> usize {
 }
 
 pub const WATERMARK_LEN: usize = CQ_HEADER_LEN;
+
+/// Length of a "topic deleted" record (the same as an entry of the topic).
+pub fn topic_deleted_len(topic: &str) -> usize {
+    CQ_HEADER_LEN + topic.len()
+}
+
+/// Length of any record.
+pub fn record_len(record: &CqRecord) -> usize {
+    match record {
+        CqRecord::Entry(e) => entry_len(&e.topic),
+        CqRecord::Watermark { .. } => WATERMARK_LEN,
+        CqRecord::TopicDeleted { topic, .. } => topic_deleted_len(topic),
+    }
+}
 
 /// The fields of an entry, borrowed (the owner encodes entries without building a
 /// [`CqEntry`]).
@@ -80,6 +106,12 @@ pub fn encode(record: &CqRecord, position: u64, out: &mut [u8]) {
     match record {
         CqRecord::Entry(e) => encode_entry(e.as_ref(), position, out),
         CqRecord::Watermark { source, upto } => encode_watermark(*source, *upto, position, out),
+        CqRecord::TopicDeleted {
+            topic,
+            generation,
+            source,
+            upto,
+        } => encode_topic_deleted(topic, *generation, *source, *upto, position, out),
     }
 }
 
@@ -121,6 +153,41 @@ pub fn encode_watermark(source: u16, upto: u64, position: u64, out: &mut [u8]) {
     out[14..16].copy_from_slice(&source.to_le_bytes());
     out[32..40].copy_from_slice(&upto.to_le_bytes());
     seal(out);
+}
+
+/// Encodes a "topic deleted" record at log `position` into `out` (exactly
+/// `topic_deleted_len(topic)`): the topic where an entry has it, the generation in the queue
+/// offset's place, `upto` in the CommitLog offset's.
+pub fn encode_topic_deleted(
+    topic: &str,
+    generation: u64,
+    source: u16,
+    upto: u64,
+    position: u64,
+    out: &mut [u8],
+) {
+    debug_assert_eq!(out.len(), topic_deleted_len(topic));
+    frame(out, position);
+    out[12] = KIND_TOPIC_DELETED;
+    out[13] = topic.len() as u8;
+    out[14..16].copy_from_slice(&source.to_le_bytes());
+    out[24..32].copy_from_slice(&generation.to_le_bytes());
+    out[32..40].copy_from_slice(&upto.to_le_bytes());
+    out[64..].copy_from_slice(topic.as_bytes());
+    seal(out);
+}
+
+/// The topic of an entry or "topic deleted" record, checked against the record's size.
+fn topic_of(rec: &[u8]) -> Result<String, DecodeError> {
+    let topic_len = rec[13] as usize;
+    if CQ_HEADER_LEN + topic_len != rec.len() {
+        return Err(DecodeError::Malformed(
+            "record size disagrees with its topic",
+        ));
+    }
+    std::str::from_utf8(&rec[64..])
+        .map(str::to_owned)
+        .map_err(|_| DecodeError::Malformed("topic is not UTF-8"))
 }
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
@@ -175,15 +242,7 @@ pub fn decode(buf: &[u8], position: u64, seg_left: u64) -> Result<Option<CqRecor
     let source = u16::from_le_bytes([rec[14], rec[15]]);
     match rec[12] {
         KIND_ENTRY => {
-            let topic_len = rec[13] as usize;
-            if CQ_HEADER_LEN + topic_len != size as usize {
-                return Err(DecodeError::Malformed(
-                    "entry size disagrees with its topic",
-                ));
-            }
-            let topic = std::str::from_utf8(&rec[64..])
-                .map_err(|_| DecodeError::Malformed("topic is not UTF-8"))?
-                .to_owned();
+            let topic = topic_of(rec)?;
             Ok(Some(CqRecord::Entry(CqEntry {
                 topic,
                 queue_id: u32_at(rec, 44),
@@ -199,12 +258,27 @@ pub fn decode(buf: &[u8], position: u64, seg_left: u64) -> Result<Option<CqRecor
             source,
             upto: u64_at(rec, 32),
         })),
+        KIND_TOPIC_DELETED => {
+            let topic = topic_of(rec)?;
+            if topic.is_empty() {
+                return Err(DecodeError::Malformed(
+                    "topic deleted record without a topic",
+                ));
+            }
+            Ok(Some(CqRecord::TopicDeleted {
+                topic,
+                generation: u64_at(rec, 24),
+                source,
+                upto: u64_at(rec, 32),
+            }))
+        }
         _ => Err(DecodeError::Malformed("unknown ConsumeQueue record kind")),
     }
 }
 
 /// Recovery's step for the ConsumeQueue log. Entries must also point inside the CommitLog
-/// that survived (`cl_ends[source]`); the first that does not ends the log.
+/// that survived (`cl_ends[source]`), and so must a "topic deleted" record's `upto` (the
+/// delete flushed the CommitLogs up to it first); the first that does not ends the log.
 pub fn scan_step(avail: &Bytes, offset: u64, seg_left: u64, cl_ends: &[u64]) -> Step {
     if let Some(step) = frame_step(avail, seg_left, CQ_MAGIC, CQ_RECORD_MAX as u64) {
         return step;
@@ -223,6 +297,17 @@ pub fn scan_step(avail: &Bytes, offset: u64, seg_left: u64, cl_ends: &[u64]) -> 
             }
         }
         Ok(Some(CqRecord::Watermark { .. })) => Step::Record(WATERMARK_LEN as u32),
+        Ok(Some(CqRecord::TopicDeleted {
+            topic,
+            source,
+            upto,
+            ..
+        })) => match cl_ends.get(source as usize) {
+            Some(&cl_end) if upto <= cl_end => Step::Record(topic_deleted_len(&topic) as u32),
+            _ => Step::Stop(Some(DecodeError::Malformed(
+                "topic deleted record points past the surviving CommitLog",
+            ))),
+        },
         Err(e) => Step::Stop(Some(e)),
     }
 }
@@ -246,11 +331,7 @@ mod tests {
     }
 
     fn bytes(record: &CqRecord, position: u64) -> Vec<u8> {
-        let len = match record {
-            CqRecord::Entry(e) => entry_len(&e.topic),
-            CqRecord::Watermark { .. } => WATERMARK_LEN,
-        };
-        let mut out = vec![0u8; len];
+        let mut out = vec![0u8; record_len(record)];
         encode(record, position, &mut out);
         out
     }
@@ -265,6 +346,8 @@ mod tests {
             prop_assert_eq!(decode(&bytes(&r, pos), pos, u64::MAX).unwrap(), Some(r));
             let w = CqRecord::Watermark { source: 3, upto: off };
             prop_assert_eq!(decode(&bytes(&w, pos), pos, u64::MAX).unwrap(), Some(w));
+            let d = CqRecord::TopicDeleted { topic, generation: off, source: q as u16, upto: pos };
+            prop_assert_eq!(decode(&bytes(&d, pos), pos, u64::MAX).unwrap(), Some(d));
         }
 
         #[test]
@@ -274,12 +357,37 @@ mod tests {
         }
 
         #[test]
-        fn flips_are_detected(at in any::<prop::sample::Index>(), bit in 0u8..8) {
-            let mut b = bytes(&CqRecord::Entry(entry("t")), 64);
+        fn flips_are_detected(at in any::<prop::sample::Index>(), bit in 0u8..8, kind in 0..3) {
+            let record = match kind {
+                0 => CqRecord::Entry(entry("t")),
+                1 => CqRecord::Watermark { source: 1, upto: 77 },
+                _ => CqRecord::TopicDeleted { topic: "t".into(), generation: 4, source: 1, upto: 77 },
+            };
+            let mut b = bytes(&record, 64);
             let i = at.index(b.len());
             b[i] ^= 1 << bit;
             prop_assert!(decode(&b, 64, u64::MAX).is_err());
         }
+    }
+
+    #[test]
+    fn topic_deleted_past_the_commitlog_ends_the_log() {
+        let d = CqRecord::TopicDeleted {
+            topic: "orders".into(),
+            generation: 2,
+            source: 1,
+            upto: 5000,
+        };
+        let b = Bytes::from(bytes(&d, 0));
+        assert_eq!(scan_step(&b, 0, 1 << 20, &[0, 5000]), Step::Record(70));
+        assert!(matches!(
+            scan_step(&b, 0, 1 << 20, &[0, 4999]),
+            Step::Stop(Some(_))
+        ));
+        assert!(matches!(
+            scan_step(&b, 0, 1 << 20, &[0]),
+            Step::Stop(Some(_))
+        ));
     }
 
     #[test]
