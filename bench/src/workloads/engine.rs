@@ -58,6 +58,10 @@ pub struct EngineArgs {
     /// Puts each producer keeps outstanding (default: 1 under sync, 256 under async).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub inflight: Option<u32>,
+    /// Tail cache per shard in bytes (K/M/G), for `--tail-readers` (default: the store's
+    /// `tail_cache_bytes`, 64 MiB).
+    #[arg(long, value_parser = parse_size)]
+    pub tail_cache: Option<u64>,
     /// How long a shard runs tasks before it submits and reaps I/O, in µs (default: the
     /// store's `io_poll_interval_us`).
     #[arg(long)]
@@ -120,6 +124,9 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         segment_size_bytes: args.segment,
         write_buffer_max_bytes: window_bytes.max(64 << 20) as usize,
         io_poll_interval_us: args.io_poll_us.unwrap_or(defaults.io_poll_interval_us),
+        tail_cache_bytes: args
+            .tail_cache
+            .map_or(defaults.tail_cache_bytes, |b| b as usize),
         ..StoreConfig::new(tmp.path())
     };
     let (store_chunk, store_writes) = (config.write_chunk_bytes, config.writes_in_flight_max);
@@ -241,6 +248,10 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         )
         .param("tail_max_lag_messages", max_lag)
         .param("tail_cache_hits", cache_hits)
+        .param(
+            "tail_cache_bytes_per_shard",
+            args.tail_cache.unwrap_or(64 << 20),
+        )
         .param("tail_cache_misses", cache_misses)
         .param("queues", args.queues)
         .param("flush_disk_timeouts", timeouts)
