@@ -305,6 +305,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readmes_example_config_loads() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("```toml\nstore_path")
+            .expect("README has the example config");
+        let body = &readme[start + "```toml\n".len()..];
+        let toml = &body[..body.find("```").expect("the block ends")];
+        let c = StoreConfig::from_toml_str(toml).unwrap();
+        assert_eq!(c.flush_mode, FlushMode::Sync);
+        assert_eq!(c.retention.disk_refuse_ratio, 0.90);
+        assert_eq!(c.tail_cache_bytes, 64 << 20);
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn inconsistent_sizes_are_refused() {
         let c = StoreConfig {
             segment_size_bytes: 100_000,
