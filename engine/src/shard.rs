@@ -356,15 +356,24 @@ impl Shard {
             sink,
             deadline,
         };
-        let owners = self.owners();
-        let local = |m: &MessageInput| queue_shard(&m.topic, m.queue_id, owners) == self.id;
+        let msgs = staged.msgs.as_slice();
+        let all_local = msgs.iter().all(|m| self.owns(m));
+        // Order only matters per queue: a put whose queues are all this shard's goes at once
+        // unless an earlier put of this shard to one of them still waits in a round.
         let queued = self.rounds_busy() || !self.staged.borrow().is_empty();
-        if queued || !staged.msgs.as_slice().iter().all(local) {
+        let now = all_local
+            && (!queued
+                || self
+                    .cqs
+                    .none_staged(msgs.iter().map(|m| (m.topic.as_str(), m.queue_id))));
+        if !now {
+            self.count_staged(msgs, true);
             self.staged.borrow_mut().push_back(staged);
             self.staged_event.notify();
             return;
         }
-        // Every queue is this shard's and nothing is queued ahead: reserve and append now.
+        // Every queue is this shard's and nothing is queued ahead on them: reserve and
+        // append now.
         match &staged.msgs {
             Puts::One(m) => {
                 let offset = self.cqs.reserve_one(&m.topic, m.queue_id);
@@ -382,6 +391,17 @@ impl Shard {
             }
         }
         self.cl.kick();
+    }
+
+    fn owns(&self, m: &MessageInput) -> bool {
+        queue_shard(&m.topic, m.queue_id, self.owners()) == self.id
+    }
+
+    /// Counts a staged put's messages to this shard's own queues in or out of a round.
+    fn count_staged(&self, msgs: &[MessageInput], staged: bool) {
+        for m in msgs.iter().filter(|m| self.owns(m)) {
+            self.cqs.count_staged(&m.topic, m.queue_id, staged);
+        }
     }
 
     /// Starts a round: asks each other owner for the offsets of the round's queues (one
@@ -470,6 +490,7 @@ impl Shard {
                 }
             }
             for s in puts.drain(..) {
+                self.count_staged(s.msgs.as_slice(), false);
                 s.sink.fail(err.clone());
             }
             self.abandon(slots);
@@ -485,6 +506,7 @@ impl Shard {
                 .map(|&(owner, run, k)| firsts[owner][run] + k as u64)
                 .collect();
             at += n;
+            self.count_staged(staged.msgs.as_slice(), false);
             self.append(staged, &offsets, now_ms);
             since_yield += n;
             if since_yield >= APPLY_SLICE && !puts.is_empty() {

@@ -63,6 +63,9 @@ pub struct Queue {
     pub entries: VecDeque<QueueEntry>,
     reserved: VecDeque<Option<QueueEntry>>,
     waiters: Vec<(u64, flume::Sender<bool>)>,
+    /// This shard's own puts to this queue waiting in a round (while there are any, a later
+    /// put to the queue must queue behind them to keep their order).
+    staged_here: u32,
 }
 
 impl Queue {
@@ -360,6 +363,27 @@ impl ConsumeQueues {
         let at = q.next();
         q.reserved.push_back(None);
         at
+    }
+
+    /// Whether no put of this shard to any of these (own) queues waits in a round.
+    pub fn none_staged<'a>(&self, mut queues: impl Iterator<Item = (&'a str, u32)>) -> bool {
+        let map = self.queues.borrow();
+        queues.all(|(topic, queue_id)| {
+            map.get(topic)
+                .and_then(|t| t.get(&queue_id))
+                .is_none_or(|q| q.staged_here == 0)
+        })
+    }
+
+    /// Counts a put of this shard to one of its own queues into (`true`) or out of a round.
+    pub fn count_staged(&self, topic: &str, queue_id: u32, staged: bool) {
+        let mut map = self.queues.borrow_mut();
+        let q = queue_mut(&mut map, topic, queue_id);
+        q.staged_here = if staged {
+            q.staged_here + 1
+        } else {
+            q.staged_here.saturating_sub(1)
+        };
     }
 
     /// Fills the reserved slots of a batch's records, appends what became contiguous and the
