@@ -64,5 +64,5 @@ pub async fn pass(shard: &Rc<Shard>) {
             tracing::error!(shard = shard.id, error = %e, "retention: cannot delete a segment");
         }
     }
-    shard.cqs.trim_below(&shard.reader.log_mins());
+    shard.cqs.trim_below(&shard.reader.shared);
 }

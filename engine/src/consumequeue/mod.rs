@@ -15,6 +15,7 @@ pub mod record;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -585,24 +586,24 @@ impl ConsumeQueues {
     }
 
     /// Drops each queue's leading entries (and skips) whose records lie below their source
-    /// shard's CommitLog minimum `mins[source]`: retention deleted them. The queue's minimum
-    /// offset moves up; its offsets are not reused.
-    pub fn trim_below(&self, mins: &[u64]) {
+    /// shard's published CommitLog minimum (`logs[source].min`): retention deleted them. The
+    /// queue's minimum offset moves up; its offsets are not reused.
+    pub fn trim_below(&self, logs: &[Arc<LogShared>]) {
         let mut queues = self.queues.borrow_mut();
         for q in queues.values_mut().flat_map(|t| t.values_mut()) {
-            trim(q, mins);
+            trim(q, logs);
         }
     }
 
     /// `trim_below` for one queue.
-    pub fn trim_queue(&self, topic: &str, queue_id: u32, mins: &[u64]) {
+    pub fn trim_queue(&self, topic: &str, queue_id: u32, logs: &[Arc<LogShared>]) {
         if let Some(q) = self
             .queues
             .borrow_mut()
             .get_mut(topic)
             .and_then(|t| t.get_mut(&queue_id))
         {
-            trim(q, mins);
+            trim(q, logs);
         }
     }
 
@@ -621,12 +622,12 @@ impl ConsumeQueues {
 
 /// Drops the queue's leading entries whose records lie below `mins[source]`, and the skips
 /// among them.
-fn trim(q: &mut Queue, mins: &[u64]) {
+fn trim(q: &mut Queue, logs: &[Arc<LogShared>]) {
     let gone = |e: &QueueEntry| {
         !e.is_skip()
-            && mins
+            && logs
                 .get(e.source as usize)
-                .is_some_and(|&m| e.cl_offset < m)
+                .is_some_and(|l| e.cl_offset < l.min.load(Ordering::Acquire))
     };
     if !q.entries.front().is_some_and(gone) {
         return;

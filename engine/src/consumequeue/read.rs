@@ -120,14 +120,6 @@ impl ClReader {
         Ok(file)
     }
 
-    /// Every shard's published CommitLog minimum.
-    pub fn log_mins(&self) -> Vec<u64> {
-        self.shared
-            .iter()
-            .map(|s| s.min.load(Ordering::Acquire))
-            .collect()
-    }
-
     /// Closes the read handles (see `Log::close_files`).
     pub async fn close_files(&self) {
         let files = std::mem::take(&mut *self.files.borrow_mut());
@@ -219,7 +211,7 @@ impl ConsumeQueues {
     pub async fn get(&self, reader: &ClReader, req: &GetRequest) -> Result<GetResult, ReadError> {
         // Entries whose CommitLog segment retention deleted go first: the answer is then
         // OFFSET_TOO_SMALL with the new minimum, not a failed read.
-        self.trim_queue(&req.topic, req.queue_id, &reader.log_mins());
+        self.trim_queue(&req.topic, req.queue_id, &reader.shared);
         let (min, max, candidates, examined) = {
             let queues = self.queues.borrow();
             let Some(q) = queues
