@@ -499,12 +499,15 @@ impl Shard {
         let now_ms = now_ms();
         let mut at = 0;
         let mut since_yield = 0;
+        let mut offsets = Vec::new();
         while let Some(staged) = puts.pop_front() {
             let n = staged.sizes.as_slice().len();
-            let offsets: Vec<u64> = places[at..at + n]
-                .iter()
-                .map(|&(owner, run, k)| firsts[owner][run] + k as u64)
-                .collect();
+            offsets.clear();
+            offsets.extend(
+                places[at..at + n]
+                    .iter()
+                    .map(|&(owner, run, k)| firsts[owner][run] + k as u64),
+            );
             at += n;
             self.count_staged(staged.msgs.as_slice(), false);
             self.append(staged, &offsets, now_ms);

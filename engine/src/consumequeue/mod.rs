@@ -14,6 +14,10 @@ pub mod record;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+/// Queues by topic: hashbrown's map, for `entry_ref` (one lookup, and a key allocated only
+/// for a new topic).
+type QueueMap = hashbrown::HashMap<String, BTreeMap<u32, Queue>, FnvBuild>;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -105,7 +109,7 @@ const CQ_BUFFER_MAX_BYTES: usize = 16 << 20;
 pub struct ConsumeQueues {
     pub shard: usize,
     pub cq: Rc<Log>,
-    pub queues: RefCell<HashMap<String, BTreeMap<u32, Queue>, FnvBuild>>,
+    pub queues: RefCell<QueueMap>,
     /// Per source shard: its CommitLog below this is wholly in this log (as entries or skips).
     pub marks: RefCell<Vec<u64>>,
     /// Per source: the highest watermark received.
@@ -670,18 +674,10 @@ impl Parked {
     }
 }
 
-fn queue_mut<'a>(
-    queues: &'a mut HashMap<String, BTreeMap<u32, Queue>, FnvBuild>,
-    topic: &str,
-    queue_id: u32,
-) -> &'a mut Queue {
-    // Two lookups only when a topic first appears: the hot path does not allocate a key.
-    if !queues.contains_key(topic) {
-        queues.insert(topic.to_owned(), BTreeMap::new());
-    }
+fn queue_mut<'a>(queues: &'a mut QueueMap, topic: &str, queue_id: u32) -> &'a mut Queue {
     queues
-        .get_mut(topic)
-        .expect("topic inserted above")
+        .entry_ref(topic)
+        .or_default()
         .entry(queue_id)
         .or_default()
 }
