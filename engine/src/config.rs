@@ -84,6 +84,10 @@ pub struct StoreConfig {
     /// How long after a read the tail cache keeps copying written chunks in (2 s): a store
     /// nobody reads from pays nothing for it.
     pub tail_cache_linger_ms: u64,
+    /// CommitLog blocks (1 MiB) each shard keeps after reading them from the device for
+    /// readers behind the tail cache; readers of different queues lagging by about as much
+    /// share them. 0 turns it off (every record is read alone). Default 32 MiB.
+    pub read_cache_bytes: usize,
     /// Locked memory for glommio's registered I/O buffers, per shard. Default: sized to fit
     /// `RLIMIT_MEMLOCK` (see `runtime`).
     pub io_memory_bytes: Option<usize>,
@@ -140,6 +144,7 @@ impl Default for StoreConfig {
             write_buffer_max_bytes: 64 << 20,
             tail_cache_bytes: 64 << 20,
             tail_cache_linger_ms: 2_000,
+            read_cache_bytes: 32 << 20,
             write_chunk_bytes: 512 << 10,
             writes_in_flight_max: 32,
             io_memory_bytes: None,
@@ -316,6 +321,7 @@ mod tests {
         assert_eq!(c.flush_mode, FlushMode::Sync);
         assert_eq!(c.retention.disk_refuse_ratio, 0.90);
         assert_eq!(c.tail_cache_bytes, 64 << 20);
+        assert_eq!(c.read_cache_bytes, 32 << 20);
         c.validate().unwrap();
     }
 

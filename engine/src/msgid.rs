@@ -18,7 +18,13 @@ pub fn encode(host: SocketAddr, shard: usize, offset: u64) -> String {
     bytes[4..6].copy_from_slice(&host.port().to_be_bytes());
     bytes[6..8].copy_from_slice(&(shard as u16).to_be_bytes());
     bytes[8..].copy_from_slice(&offset.to_be_bytes());
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(32);
+    for b in bytes {
+        out.push(HEX[(b >> 4) as usize] as char);
+        out.push(HEX[(b & 0xF) as usize] as char);
+    }
+    out
 }
 
 /// The (shard, offset) a message id names, or `None` if it is not one of ours.
@@ -45,6 +51,7 @@ mod tests {
         let id = encode("10.0.0.7:10911".parse().unwrap(), 3, 0x1234_5678_9ABC);
         assert_eq!(id.len(), 32);
         assert_eq!(decode(&id), Some((3, 0x1234_5678_9ABC)));
+        assert_eq!(id, "0A0000072A9F00030000123456789ABC");
         assert_eq!(decode("nope"), None);
         assert_eq!(decode(&"Z".repeat(32)), None);
         assert_eq!(decode("é".repeat(16).as_str()), None);

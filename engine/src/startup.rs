@@ -122,6 +122,7 @@ pub fn run_shard(builder: LocalExecutorBuilder, t: ShardThread) {
             t.config.message_size_max_bytes as u64,
             t.store_host,
             t.shared.clone(),
+            t.config.read_cache_bytes,
         );
         let shard = Shard::start(
             id,

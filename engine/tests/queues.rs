@@ -314,3 +314,57 @@ fn tailing_reads_are_served_from_memory() {
     assert!(hits >= 200, "every tailing read from memory: {hits} hits");
     assert_eq!(misses, misses_before, "no tailing read went to the device");
 }
+
+#[test]
+fn reads_behind_the_tail_give_the_same_messages_with_or_without_the_read_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = StoreConfig {
+        // 4 MiB segments and 1 MiB read blocks: records land across both boundaries.
+        segment_size_bytes: 4 << 20,
+        ..config(dir.path(), 2, FlushMode::Async)
+    };
+    let store = Store::open(base.clone()).unwrap();
+    let topic = "behind";
+    let text = |i: u64| {
+        let mut b = format!("m{i}:").into_bytes();
+        b.resize(40 + (i as usize * 997) % 6000, b'a' + (i % 26) as u8);
+        b
+    };
+    let mut expected: HashMap<u32, Vec<Vec<u8>>> = HashMap::new();
+    for i in 0..3000u64 {
+        let q = (i % 4) as u32;
+        let r = store
+            .put_message_blocking(MessageInput::new(topic, q, text(i)))
+            .unwrap();
+        let list = expected.entry(q).or_default();
+        assert_eq!(r.queue_offset, Some(list.len() as u64));
+        list.push(text(i));
+    }
+    futures_lite::future::block_on(store.shutdown()).unwrap();
+    // Reopened, nothing is in the tail cache: every read goes to the device, through the
+    // read cache or (turned off) one record at a time.
+    for read_cache_bytes in [32 << 20, 2 << 20, 0] {
+        let store = Store::open(StoreConfig {
+            read_cache_bytes,
+            tail_cache_bytes: 0,
+            ..base.clone()
+        })
+        .unwrap();
+        for (&q, bodies) in &expected {
+            let mut offset = 0;
+            while offset < bodies.len() as u64 {
+                let r = get(&store, topic, q, offset, 97, "*");
+                assert_eq!(r.status, GetStatus::Found, "cache {read_cache_bytes}");
+                for m in &r.messages {
+                    assert_eq!(
+                        m.message.body, bodies[m.queue_offset as usize],
+                        "queue {q} offset {} with a read cache of {read_cache_bytes}",
+                        m.queue_offset
+                    );
+                }
+                offset = r.next_begin_offset;
+            }
+        }
+        futures_lite::future::block_on(store.shutdown()).unwrap();
+    }
+}

@@ -16,7 +16,7 @@
 //! flushed (the store's shutdown).
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hdrhistogram::Histogram;
@@ -62,6 +62,10 @@ pub struct EngineArgs {
     /// `tail_cache_bytes`, 64 MiB).
     #[arg(long, value_parser = parse_size)]
     pub tail_cache: Option<u64>,
+    /// Read cache per shard in bytes (K/M/G): CommitLog blocks kept after a device read, for
+    /// readers behind the tail cache (default: the store's `read_cache_bytes`, 32 MiB).
+    #[arg(long, value_parser = parse_size)]
+    pub read_cache: Option<u64>,
     /// How long a shard runs tasks before it submits and reaps I/O, in µs (default: the
     /// store's `io_poll_interval_us`).
     #[arg(long)]
@@ -83,6 +87,21 @@ pub struct EngineArgs {
     /// Engine writes in flight per shard; default: the engine's.
     #[arg(long)]
     pub writes_in_flight: Option<usize>,
+    /// Open-loop load: messages per second in all, spread evenly over the producers. Each
+    /// put's latency counts from when it was due to be sent (so a stall is not hidden by
+    /// the sends it delayed). Without it, every producer sends as fast as its `--inflight`
+    /// window allows.
+    #[arg(long, value_parser = parse_rate)]
+    pub rate: Option<f64>,
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err(format!(
+            "--rate must be a positive number of messages per second, not {s:?}"
+        )),
+    }
 }
 
 struct ProducerResult {
@@ -123,6 +142,9 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         flush_mode: args.flush,
         segment_size_bytes: args.segment,
         write_buffer_max_bytes: window_bytes.max(64 << 20) as usize,
+        read_cache_bytes: args
+            .read_cache
+            .map_or(defaults.read_cache_bytes, |b| b as usize),
         io_poll_interval_us: args.io_poll_us.unwrap_or(defaults.io_poll_interval_us),
         tail_cache_bytes: args
             .tail_cache
@@ -150,8 +172,9 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         let n = args.count / args.producers as u64
             + u64::from((p as u64) < args.count % args.producers as u64);
         let (s, body, queues) = (store.clone(), body.clone(), args.queues.max(1));
+        let pace = args.rate.map(|r| r / args.producers as f64);
         tasks.push(store.spawn_on(shard, move || {
-            produce(s, p, n, inflight as usize, body, queues)
+            produce(s, p, n, inflight as usize, body, queues, pace)
         }));
     }
     let producing = Arc::new(AtomicBool::new(true));
@@ -230,6 +253,7 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
                 .unwrap_or(StoreConfig::default().io_poll_interval_us),
         )
         .param("inflight_per_producer", inflight)
+        .param("rate_msgs_per_s", args.rate.unwrap_or(0.0))
         .param("flush", format!("{:?}", args.flush))
         .param("segment_bytes", args.segment)
         .param("write_chunk_bytes", store_chunk)
@@ -253,6 +277,10 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
             args.tail_cache.unwrap_or(64 << 20),
         )
         .param("tail_cache_misses", cache_misses)
+        .param(
+            "read_cache_bytes_per_shard",
+            args.read_cache.unwrap_or(32 << 20),
+        )
         .param("queues", args.queues)
         .param("flush_disk_timeouts", timeouts)
         .param("latency", "put call to acknowledgement")
@@ -263,46 +291,53 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
     Ok(report)
 }
 
-/// Reads `queues` from offset 0 as they grow, until the producers are done and every queue
-/// is read to its end. Returns (messages read, largest lag seen).
+/// Reads `queues` from offset 0 as they grow, one pull loop per queue (as a consumer runs
+/// one per queue it holds), until the producers are done and every queue is read to its end.
+/// Returns (messages read, largest lag seen).
 async fn tail(store: Store, queues: Vec<u32>, producing: Arc<AtomicBool>) -> (u64, u64) {
-    let mut offsets = vec![0u64; queues.len()];
-    let (mut read, mut max_lag) = (0u64, 0u64);
+    let loops: Vec<_> = queues
+        .into_iter()
+        .map(|q| glommio::spawn_local(tail_queue(store.clone(), q, producing.clone())))
+        .collect();
+    let (mut read, mut max_lag) = (0, 0);
+    for l in loops {
+        let (n, lag) = l.await;
+        read += n;
+        max_lag = max_lag.max(lag);
+    }
+    (read, max_lag)
+}
+
+/// One queue's pull loop: get from the next offset; when nothing is new, long-poll.
+async fn tail_queue(store: Store, queue: u32, producing: Arc<AtomicBool>) -> (u64, u64) {
+    let (mut offset, mut read, mut max_lag) = (0u64, 0u64, 0u64);
     loop {
         let finishing = !producing.load(Ordering::Acquire);
-        let mut progressed = false;
-        for (i, &queue) in queues.iter().enumerate() {
-            let req = GetRequest {
-                group: "bench-tail".into(),
-                topic: TOPIC.into(),
-                queue_id: queue,
-                offset: offsets[i],
-                max_messages: 256,
-                max_bytes: 4 << 20,
-                filter: TagFilter::All,
-            };
-            let Ok(got) = store.get_message(req).await else {
-                return (read, max_lag);
-            };
-            if got.status == GetStatus::NoMatchedLogicQueue {
-                continue;
-            }
-            max_lag = max_lag.max(got.max_offset.saturating_sub(offsets[i]));
+        let req = GetRequest {
+            group: "bench-tail".into(),
+            topic: TOPIC.into(),
+            queue_id: queue,
+            offset,
+            max_messages: 256,
+            max_bytes: 4 << 20,
+            filter: TagFilter::All,
+        };
+        let Ok(got) = store.get_message(req).await else {
+            return (read, max_lag);
+        };
+        let progressed = got.next_begin_offset > offset;
+        if got.status != GetStatus::NoMatchedLogicQueue {
+            max_lag = max_lag.max(got.max_offset.saturating_sub(offset));
             read += got.messages.len() as u64;
-            progressed |= got.next_begin_offset > offsets[i];
-            offsets[i] = got.next_begin_offset.max(offsets[i]);
+            offset = got.next_begin_offset.max(offset);
         }
         if !progressed {
             if finishing {
                 return (read, max_lag);
             }
-            if let Some((i, &q)) = queues.iter().enumerate().next() {
-                store
-                    .wait_for_message(TOPIC, q, offsets[i], std::time::Duration::from_millis(50))
-                    .await;
-            } else {
-                return (read, max_lag);
-            }
+            store
+                .wait_for_message(TOPIC, queue, offset, std::time::Duration::from_millis(50))
+                .await;
         }
     }
 }
@@ -314,6 +349,7 @@ async fn produce(
     inflight: usize,
     body: Bytes,
     queues: u32,
+    pace: Option<f64>,
 ) -> ProducerResult {
     let mut result = ProducerResult {
         hist: latency_histogram(),
@@ -323,20 +359,57 @@ async fn produce(
     };
     let mut window = std::collections::VecDeque::with_capacity(inflight);
     let mut sent = 0u64;
+    let start = Instant::now();
+    // When the k-th put is due: at once without `--rate`.
+    let due_at = |k: u64| pace.map(|p| start + Duration::from_secs_f64(k as f64 / p));
     // One clock read per completion, shared by the puts sent right after it.
-    let mut now = Instant::now();
+    let mut now = start;
     while sent < n || !window.is_empty() {
         while sent < n && window.len() < inflight {
+            let due = due_at(sent);
+            if due.is_some_and(|d| d > now) {
+                break;
+            }
             let queue = (id + sent as u32) % queues;
             let msg = MessageInput::new(TOPIC, queue, body.clone());
-            window.push_back((now, store.put_message(msg)));
+            window.push_back((due.unwrap_or(now), store.put_message(msg)));
             sent += 1;
         }
-        let Some((at, put)) = window.pop_front() else {
+        let room = sent < n && window.len() < inflight;
+        let outcome = match window.front_mut() {
+            // Nothing in flight: the next put is not due yet.
+            None => {
+                if let Some(d) = due_at(sent) {
+                    glommio::timer::sleep(d.saturating_duration_since(Instant::now())).await;
+                }
+                now = Instant::now();
+                continue;
+            }
+            Some((_, put)) => match due_at(sent).filter(|_| room) {
+                // Wait for the oldest put, or until the next one is due.
+                Some(d) => {
+                    let wait = d.saturating_duration_since(Instant::now());
+                    let done = futures_lite::future::or(async { Some(put.await) }, async {
+                        glommio::timer::sleep(wait).await;
+                        None
+                    })
+                    .await;
+                    now = Instant::now();
+                    match done {
+                        Some(outcome) => outcome,
+                        None => continue,
+                    }
+                }
+                None => {
+                    let outcome = put.await;
+                    now = Instant::now();
+                    outcome
+                }
+            },
+        };
+        let Some((at, _)) = window.pop_front() else {
             break;
         };
-        let outcome = put.await;
-        now = Instant::now();
         match outcome {
             Ok(r) if r.status == PutStatus::PutOk => {
                 record_latency(&mut result.hist, now.duration_since(at));

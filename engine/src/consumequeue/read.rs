@@ -12,6 +12,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+
 use super::{ConsumeQueues, QueueEntry};
 use crate::error::ReadError;
 use crate::filter::TagFilter;
@@ -24,6 +26,8 @@ use crate::record::{self, decode, DecodeError, Entry, StoredMessage};
 pub const FILTER_SCAN_ENTRIES_MAX: u64 = 800;
 /// Body reads one `get` keeps in flight at once.
 const READS_IN_FLIGHT_MAX: usize = 64;
+/// Largest block the read cache reads at once (smaller if segments are not a multiple).
+const READ_BLOCK_BYTES_MAX: u64 = 1 << 20;
 /// Open read handles to other shards' segments kept per shard.
 const READ_HANDLES_MAX: usize = 64;
 
@@ -77,6 +81,7 @@ pub struct ClReader {
     pub store_host: SocketAddr,
     pub shared: Arc<Vec<Arc<LogShared>>>,
     files: RefCell<HashMap<(usize, u64), Rc<SegmentFile>>>,
+    blocks: RefCell<BlockCache>,
 }
 
 impl ClReader {
@@ -87,6 +92,7 @@ impl ClReader {
         record_max: u64,
         store_host: SocketAddr,
         shared: Arc<Vec<Arc<LogShared>>>,
+        read_cache_bytes: usize,
     ) -> Self {
         ClReader {
             own,
@@ -96,6 +102,10 @@ impl ClReader {
             store_host,
             shared,
             files: RefCell::default(),
+            blocks: RefCell::new(BlockCache::new(
+                read_block_bytes(segment_bytes),
+                read_cache_bytes,
+            )),
         }
     }
 
@@ -126,6 +136,124 @@ impl ClReader {
         SegmentFile::close_all(files.into_values()).await;
     }
 
+    /// `len` bytes of shard `shard`'s CommitLog from `offset`, within one segment.
+    async fn read_range(&self, shard: usize, offset: u64, len: usize) -> std::io::Result<Bytes> {
+        if shard == self.own.shard() {
+            self.own.read_bytes(offset, len).await
+        } else {
+            let base = offset - offset % self.segment_bytes;
+            self.file(shard, base)
+                .await?
+                .read_bytes(offset - base, len)
+                .await
+        }
+    }
+
+    /// The records at `(shard, offset, size)`, in the order asked. Records not in the tail
+    /// cache come from the read cache: aligned CommitLog blocks read whole, shared by every
+    /// reader on this shard. Queues interleave in the log, so one block holds records of
+    /// many queues, and readers of those queues lagging by about as much read it once.
+    pub async fn read_many(
+        &self,
+        wants: &[(usize, u64, u32)],
+    ) -> Vec<Result<StoredMessage, ReadError>> {
+        let block = self.blocks.borrow().block_bytes;
+        let mut out: Vec<Option<Result<StoredMessage, ReadError>>> = Vec::new();
+        // Records to take from blocks, and the blocks missing from the cache.
+        let mut from_blocks = Vec::new();
+        let mut missing: Vec<(usize, u64, u64)> = Vec::new();
+        for &(shard, offset, size) in wants {
+            // Out of range (or unknown shard): `read` gives the precise error below.
+            let Some(log) = self.shared.get(shard).filter(|log| {
+                offset >= log.min.load(Ordering::Acquire)
+                    && offset < log.written.load(Ordering::Acquire)
+                    && size > 0
+            }) else {
+                out.push(None);
+                continue;
+            };
+            if let Some(bytes) = log.tail.get(offset, size as u64) {
+                out.push(Some(self.decode_at(shard, offset, &bytes)));
+                continue;
+            }
+            out.push(None);
+            // With the read cache off, or for a record across a block boundary (rare:
+            // records are small against a block), the record is read alone.
+            if block == 0 {
+                continue;
+            }
+            let start = offset - offset % block;
+            let end = offset + size as u64;
+            if end > start + block {
+                continue;
+            }
+            from_blocks.push(out.len() - 1);
+            let cached = self.blocks.borrow_mut().get(shard, start, end).is_some();
+            if !cached && !missing.iter().any(|&(s, b, _)| s == shard && b == start) {
+                let written = log.written.load(Ordering::Acquire);
+                missing.push((shard, start, (start + block).min(written)));
+            }
+        }
+        for group in missing.chunks(READS_IN_FLIGHT_MAX) {
+            let reads = group
+                .iter()
+                .map(|&(shard, start, end)| {
+                    Box::pin(self.read_range(shard, start, (end - start) as usize))
+                })
+                .collect();
+            for (&(shard, start, _), read) in group.iter().zip(JoinAll::new(reads).await) {
+                if let Ok(bytes) = read {
+                    self.blocks.borrow_mut().insert(shard, start, bytes);
+                }
+            }
+        }
+        for i in from_blocks {
+            let (shard, offset, size) = wants[i];
+            let start = offset - offset % block;
+            let bytes = self
+                .blocks
+                .borrow_mut()
+                .get(shard, start, offset + size as u64);
+            if let Some(bytes) = bytes {
+                let from = (offset - start) as usize;
+                let record = bytes.slice(from..from + size as usize);
+                if let Ok(m) = self.decode_at(shard, offset, &record) {
+                    out[i] = Some(Ok(m));
+                }
+            }
+        }
+        // What the caches could not give (a failed read, a record that did not decode, a
+        // segment deleted meanwhile) is read alone, for its own precise error.
+        let mut results = Vec::with_capacity(out.len());
+        for (i, slot) in out.into_iter().enumerate() {
+            let (shard, offset, size) = wants[i];
+            results.push(match slot {
+                Some(r) => r,
+                None => self.read(shard, offset, Some(size)).await,
+            });
+        }
+        results
+    }
+
+    /// Decodes a record held in memory (`bytes` starts at `offset`).
+    fn decode_at(
+        &self,
+        shard: usize,
+        offset: u64,
+        bytes: &Bytes,
+    ) -> Result<StoredMessage, ReadError> {
+        let bad = |reason| ReadError::BadRecord {
+            shard,
+            offset,
+            reason,
+        };
+        match decode(bytes, offset, bytes.len() as u64) {
+            Ok(Entry::Message(m)) => Ok(m),
+            Ok(Entry::Blank { .. }) => Err(bad(DecodeError::Malformed("blank marker"))),
+            Err(reason) => Err(bad(reason)),
+        }
+    }
+
     /// The record at `(shard, offset)`, which must be below that shard's written offset.
     pub async fn read(
         &self,
@@ -150,19 +278,7 @@ impl ClReader {
             });
         }
         if let Some(bytes) = size.and_then(|s| self.shared[shard].tail.get(offset, s as u64)) {
-            return match decode(&bytes, offset, bytes.len() as u64) {
-                Ok(Entry::Message(m)) => Ok(m),
-                Ok(Entry::Blank { .. }) => Err(ReadError::BadRecord {
-                    shard,
-                    offset,
-                    reason: DecodeError::Malformed("blank marker"),
-                }),
-                Err(reason) => Err(ReadError::BadRecord {
-                    shard,
-                    offset,
-                    reason,
-                }),
-            };
+            return self.decode_at(shard, offset, &bytes);
         }
         let left = self.segment_bytes - offset % self.segment_bytes;
         let io = |e: std::io::Error| ReadError::Io {
@@ -175,17 +291,7 @@ impl ClReader {
             offset,
             reason,
         };
-        let read = |len: u64| async move {
-            if shard == self.own.shard() {
-                self.own.read_bytes(offset, len as usize).await
-            } else {
-                let base = offset - offset % self.segment_bytes;
-                self.file(shard, base)
-                    .await?
-                    .read_bytes(offset - base, len as usize)
-                    .await
-            }
-        };
+        let read = |len: u64| self.read_range(shard, offset, len as usize);
         let first = read(size.map_or(4096, |s| s as u64).min(left))
             .await
             .map_err(io)?;
@@ -263,24 +369,22 @@ impl ConsumeQueues {
             take.push((queue_offset, e));
         }
         let mut messages = Vec::with_capacity(take.len());
-        for group in take.chunks(READS_IN_FLIGHT_MAX) {
-            let reads = group
-                .iter()
-                .map(|(_, e)| Box::pin(reader.read(e.source as usize, e.cl_offset, Some(e.size))))
-                .collect();
-            for ((queue_offset, e), read) in group.iter().zip(JoinAll::new(reads).await) {
-                let message = read?;
-                if !req.filter.matches_tags(message.tags()) {
-                    continue;
-                }
-                let msg_id =
-                    crate::msgid::encode(reader.store_host, e.source as usize, e.cl_offset);
-                messages.push(QueueMessage {
-                    queue_offset: *queue_offset,
-                    msg_id,
-                    message,
-                });
+        let wants: Vec<_> = take
+            .iter()
+            .map(|(_, e)| (e.source as usize, e.cl_offset, e.size))
+            .collect();
+        let reads = reader.read_many(&wants).await;
+        for ((queue_offset, e), read) in take.iter().zip(reads) {
+            let message = read?;
+            if !req.filter.matches_tags(message.tags()) {
+                continue;
             }
+            let msg_id = crate::msgid::encode(reader.store_host, e.source as usize, e.cl_offset);
+            messages.push(QueueMessage {
+                queue_offset: *queue_offset,
+                msg_id,
+                message,
+            });
         }
         let status = if messages.is_empty() {
             GetStatus::NoMatchedMsg
@@ -317,6 +421,74 @@ impl ConsumeQueues {
             .partition_point(|e| e.time_ms < timestamp_ms)
             .min(visible);
         Some(q.min + idx as u64)
+    }
+}
+
+/// The read cache's block: the largest power of two up to `READ_BLOCK_BYTES_MAX` that divides
+/// the segment size (so no block spans two segments).
+fn read_block_bytes(segment_bytes: u64) -> u64 {
+    let mut block = READ_BLOCK_BYTES_MAX;
+    while block > 1 && segment_bytes % block != 0 {
+        block >>= 1;
+    }
+    block
+}
+
+/// CommitLog blocks read from the device, least recently used evicted first. A cached block
+/// may be shorter than `block_bytes` (it was read up to the written end); it serves the
+/// records it holds whole.
+struct BlockCache {
+    block_bytes: u64,
+    capacity: usize,
+    bytes: usize,
+    tick: u64,
+    blocks: HashMap<(usize, u64), (Bytes, u64)>,
+}
+
+impl BlockCache {
+    fn new(block_bytes: u64, capacity: usize) -> Self {
+        BlockCache {
+            block_bytes: if capacity == 0 { 0 } else { block_bytes },
+            capacity,
+            bytes: 0,
+            tick: 0,
+            blocks: HashMap::new(),
+        }
+    }
+
+    /// The block at `start` if it holds everything up to `end`.
+    fn get(&mut self, shard: usize, start: u64, end: u64) -> Option<Bytes> {
+        self.tick += 1;
+        let (bytes, used) = self.blocks.get_mut(&(shard, start))?;
+        if start + (bytes.len() as u64) < end {
+            return None;
+        }
+        *used = self.tick;
+        Some(bytes.clone())
+    }
+
+    fn insert(&mut self, shard: usize, start: u64, bytes: Bytes) {
+        if bytes.len() > self.capacity {
+            return;
+        }
+        self.tick += 1;
+        self.bytes += bytes.len();
+        if let Some((old, _)) = self.blocks.insert((shard, start), (bytes, self.tick)) {
+            self.bytes -= old.len();
+        }
+        while self.bytes > self.capacity {
+            let Some(oldest) = self
+                .blocks
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some((gone, _)) = self.blocks.remove(&oldest) {
+                self.bytes -= gone.len();
+            }
+        }
     }
 }
 
@@ -368,5 +540,44 @@ impl<F: Future> Future for JoinAll<F> {
             return Poll::Pending;
         }
         Poll::Ready(this.done.iter_mut().filter_map(Option::take).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_blocks_never_span_two_segments() {
+        assert_eq!(read_block_bytes(1 << 30), 1 << 20);
+        assert_eq!(read_block_bytes(3 << 20), 1 << 20);
+        assert_eq!(read_block_bytes(64 << 10), 64 << 10);
+        assert_eq!(read_block_bytes(12 << 10), 4 << 10);
+    }
+
+    #[test]
+    fn the_block_cache_serves_whole_records_and_evicts_the_least_recently_used() {
+        let mut cache = BlockCache::new(4, 8);
+        cache.insert(0, 0, Bytes::from_static(b"abcd"));
+        cache.insert(1, 0, Bytes::from_static(b"ef"));
+        assert_eq!(cache.get(0, 0, 4).as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(
+            cache.get(1, 0, 3),
+            None,
+            "a short block cannot serve past its end"
+        );
+        // Shard 1's block is now the least recently used: it goes first.
+        cache.insert(0, 4, Bytes::from_static(b"ghij"));
+        assert_eq!(cache.get(1, 0, 2), None);
+        assert!(cache.get(0, 0, 4).is_some() && cache.get(0, 4, 8).is_some());
+        assert!(cache.bytes <= cache.capacity);
+    }
+
+    #[test]
+    fn a_disabled_block_cache_keeps_nothing() {
+        let mut cache = BlockCache::new(1 << 20, 0);
+        assert_eq!(cache.block_bytes, 0);
+        cache.insert(0, 0, Bytes::from_static(b"abcd"));
+        assert_eq!(cache.get(0, 0, 1), None);
     }
 }

@@ -28,7 +28,7 @@ pub struct TailCache {
 
 #[derive(Debug, Default)]
 struct Chunks {
-    /// `(log offset of the first byte, bytes)`, oldest first.
+    /// `(log offset of the first byte, bytes)`, in offset order, disjoint.
     chunks: VecDeque<(u64, Bytes)>,
     bytes: usize,
 }
@@ -63,14 +63,17 @@ impl TailCache {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
-        // A rewrite of the partial tail chunk supersedes the shorter copy.
-        if inner.chunks.back().is_some_and(|(s, _)| *s == start) {
-            if let Some((_, old)) = inner.chunks.pop_back() {
+        // Kept in offset order (writes may complete out of order, mostly near the end); a
+        // rewrite of the partial tail chunk supersedes the shorter copy.
+        let at = inner.chunks.partition_point(|(s, _)| *s < start);
+        inner.bytes += copy.len();
+        match inner.chunks.get_mut(at) {
+            Some((s, old)) if *s == start => {
+                let old = std::mem::replace(old, copy);
                 inner.bytes -= old.len();
             }
+            _ => inner.chunks.insert(at, (start, copy)),
         }
-        inner.bytes += copy.len();
-        inner.chunks.push_back((start, copy));
         while inner.bytes > self.cap_bytes {
             let Some((_, old)) = inner.chunks.pop_front() else {
                 break;
@@ -89,11 +92,15 @@ impl TailCache {
             .store(now_ms().saturating_add(self.linger_ms), Ordering::Relaxed);
         let end = offset.checked_add(len)?;
         let inner = self.inner.lock().ok()?;
-        let found = inner.chunks.iter().rev().find_map(|(start, data)| {
-            let stop = start + data.len() as u64;
-            (*start <= offset && end <= stop)
-                .then(|| data.slice((offset - start) as usize..(end - start) as usize))
-        });
+        // The chunk starting at or before `offset` (chunks are in offset order and disjoint).
+        let at = inner.chunks.partition_point(|(s, _)| *s <= offset);
+        let found = at
+            .checked_sub(1)
+            .and_then(|i| inner.chunks.get(i))
+            .and_then(|(start, data)| {
+                let stop = start + data.len() as u64;
+                (end <= stop).then(|| data.slice((offset - start) as usize..(end - start) as usize))
+            });
         let counter = if found.is_some() {
             &self.hits
         } else {
@@ -145,5 +152,21 @@ mod tests {
         let cache = TailCache::new(0, 60_000);
         assert_eq!(cache.get(0, 1), None);
         assert!(!cache.wanted());
+    }
+
+    #[test]
+    fn writes_completing_out_of_order_are_found() {
+        let cache = TailCache::new(1 << 20, 60_000);
+        let _ = cache.get(0, 1);
+        cache.publish(8, b"89abcdef");
+        cache.publish(0, b"01234567");
+        cache.publish(24, b"opqr");
+        cache.publish(16, b"ghijklmn");
+        assert_eq!(cache.get(0, 8).as_deref(), Some(&b"01234567"[..]));
+        assert_eq!(cache.get(10, 4).as_deref(), Some(&b"abcd"[..]));
+        assert_eq!(cache.get(20, 4).as_deref(), Some(&b"klmn"[..]));
+        assert_eq!(cache.get(24, 4).as_deref(), Some(&b"opqr"[..]));
+        assert_eq!(cache.get(6, 4), None, "spans two chunks");
+        assert_eq!(cache.get(28, 1), None, "past the end");
     }
 }
