@@ -88,6 +88,10 @@ pub struct StoreConfig {
     /// readers behind the tail cache; readers of different queues lagging by about as much
     /// share them. 0 turns it off (every record is read alone). Default 32 MiB.
     pub read_cache_bytes: usize,
+    /// Queue entries each shard keeps in memory (32 bytes each); past it, the oldest full
+    /// blocks of the longest queues move to the shard's cold file under `cqcold/` and are
+    /// read back from there. 0 keeps every entry in memory. Default 2 097 152 (64 MiB).
+    pub queue_entries_in_memory_max: usize,
     /// Locked memory for glommio's registered I/O buffers, per shard. Default: sized to fit
     /// `RLIMIT_MEMLOCK` (see `runtime`).
     pub io_memory_bytes: Option<usize>,
@@ -145,6 +149,7 @@ impl Default for StoreConfig {
             tail_cache_bytes: 64 << 20,
             tail_cache_linger_ms: 2_000,
             read_cache_bytes: 32 << 20,
+            queue_entries_in_memory_max: 2 << 20,
             write_chunk_bytes: 512 << 10,
             writes_in_flight_max: 32,
             io_memory_bytes: None,

@@ -219,6 +219,10 @@ impl Shard {
             reserver(shard.clone(), inbox.reserve),
         );
         shard.cqs.cq.spawn(stop_with_queues(shard.clone()));
+        shard
+            .cqs
+            .cq
+            .spawn(crate::consumequeue::spill::spiller(shard.cqs.clone()));
         if shard.config.flush_mode == FlushMode::Sync {
             shard.cl.spawn(flush_timeouts(shard.clone()));
         }
@@ -835,6 +839,9 @@ impl Shard {
         self.reader.close_files().await;
         self.cl.close_files().await;
         self.cqs.cq.close_files().await;
+        if let Some(cold) = &self.cqs.cold {
+            cold.close().await;
+        }
     }
 }
 

@@ -310,7 +310,14 @@ async fn serve(shard: &Rc<Shard>, rx: &flume::Receiver<Request>, intake: &flume:
                 .detach();
             }
             Request::OffsetForTime(topic, queue_id, at_ms, reply) => {
-                let _ = reply.send(shard.cqs.offset_for_time(&topic, queue_id, at_ms));
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let cold = shard.cqs.cold_offset_for_time(&topic, queue_id, at_ms).await;
+                    let _ = reply.send(
+                        cold.or_else(|| shard.cqs.offset_for_time(&topic, queue_id, at_ms)),
+                    );
+                })
+                .detach();
             }
             Request::Wait(topic, queue_id, offset, timeout, reply) => {
                 wait_for(shard, &topic, queue_id, offset, timeout, reply);

@@ -9,8 +9,10 @@
 //! that recovery could rebuild from the CommitLog, so nothing waits for its flush; it is
 //! flushed on its own interval and keeps recovery short.
 
+pub mod cold;
 pub mod read;
 pub mod record;
+pub mod spill;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -64,7 +66,14 @@ impl QueueEntry {
 /// reserved but not yet dispatched (`None`) or dispatched ahead of an earlier one (`Some`).
 #[derive(Debug, Default)]
 pub struct Queue {
+    /// The first offset readers may ask for.
     pub min: u64,
+    /// The oldest full blocks of entries, in the shard's cold file (`cold.rs`): they cover
+    /// `[cold[0].first, hot_start)` contiguously, and `min` lies in the first.
+    pub cold: VecDeque<cold::ColdBlock>,
+    /// Queue offset of `entries[0]` (`min` when nothing is cold).
+    pub hot_start: u64,
+    /// The newest entries, in memory.
     pub entries: VecDeque<QueueEntry>,
     reserved: VecDeque<Option<QueueEntry>>,
     waiters: Vec<(u64, flume::Sender<bool>)>,
@@ -76,7 +85,7 @@ pub struct Queue {
 impl Queue {
     /// One past the last offset readers may see.
     pub fn visible(&self) -> u64 {
-        self.min + self.entries.len() as u64
+        self.hot_start + self.entries.len() as u64
     }
 
     /// The next offset to reserve.
@@ -84,10 +93,20 @@ impl Queue {
         self.visible() + self.reserved.len() as u64
     }
 
+    /// The entry at `offset` if it is in memory.
     pub fn entry(&self, offset: u64) -> Option<&QueueEntry> {
         offset
-            .checked_sub(self.min)
+            .checked_sub(self.hot_start)
             .and_then(|i| self.entries.get(i as usize))
+    }
+
+    /// Store time of the newest entry, wherever it is.
+    fn last_time_ms(&self) -> i64 {
+        self.entries
+            .back()
+            .map(|e| e.time_ms)
+            .or_else(|| self.cold.back().map(|b| b.first_time_ms))
+            .unwrap_or(0)
     }
 
     fn wake(&mut self) {
@@ -124,6 +143,10 @@ pub struct ConsumeQueues {
     /// The `(topic, generation)` of every "topic deleted" record in the log, so that opening
     /// the store can finish a delete that was recorded here but not in the topic table.
     deleted_generations: RefCell<BTreeSet<(String, u64)>>,
+    /// Entries in memory against the shard's budget.
+    pub hot: spill::HotCount,
+    /// Where the oldest blocks of entries go past the budget (`None`: no budget).
+    pub cold: Option<Rc<cold::ColdFile>>,
 }
 
 fn spec(id: usize, config: &StoreConfig, cl_ends: Vec<u64>) -> LogSpec {
@@ -169,6 +192,20 @@ impl ConsumeQueues {
     ) -> Result<(Rc<ConsumeQueues>, RecoveryReport), RecoveryError> {
         let shards = cl_ends.len();
         let (cq, report) = Log::open(spec(id, config, cl_ends), shared).await?;
+        let cold = match config.queue_entries_in_memory_max {
+            0 => None,
+            _ => {
+                let dir = config.store_path.join("cqcold").join(id.to_string());
+                let file = cold::ColdFile::create(&dir).await.map_err(|source| {
+                    RecoveryError::Io {
+                        what: "cannot create the cold entry file in",
+                        path: dir.clone(),
+                        source,
+                    }
+                })?;
+                Some(Rc::new(file))
+            }
+        };
         let cqs = Rc::new(ConsumeQueues {
             shard: id,
             cq,
@@ -178,6 +215,8 @@ impl ConsumeQueues {
             parked: RefCell::new((0..shards).map(|_| Parked::default()).collect()),
             deleted_below: RefCell::default(),
             deleted_generations: RefCell::default(),
+            hot: spill::HotCount::new(config.queue_entries_in_memory_max),
+            cold,
         });
         cqs.rebuild().await.map_err(|source| RecoveryError::Io {
             what: "cannot read the ConsumeQueue log in",
@@ -231,7 +270,8 @@ impl ConsumeQueues {
     /// A "topic deleted" record while rebuilding: the entries of the topic loaded so far are
     /// void; what follows in the log belongs to a later incarnation.
     fn load_topic_deleted(&self, topic: String, generation: u64, source: u16, upto: u64) {
-        self.queues.borrow_mut().remove(&topic);
+        let dropped = self.queues.borrow_mut().remove(&topic);
+        self.forget(dropped.iter().flat_map(|qs| qs.values()));
         let shards = self.marks.borrow().len();
         let mut deleted = self.deleted_below.borrow_mut();
         let below = deleted
@@ -287,6 +327,7 @@ impl ConsumeQueues {
                 }
             }
         }
+        self.forget(dropped.iter().flat_map(|qs| qs.values()));
         // Dropping the queues drops their waiters' senders: each waiter wakes with `false`.
         drop(dropped);
         if self.cq.failure().is_none() {
@@ -309,6 +350,16 @@ impl ConsumeQueues {
         self.cq.append_offset()
     }
 
+    /// Uncounts the entries of queues being dropped and releases their cold blocks.
+    fn forget<'a>(&self, queues: impl Iterator<Item = &'a Queue>) {
+        let mut released = Vec::new();
+        for q in queues {
+            self.hot.uncount(q.entries.len());
+            released.extend(q.cold.iter().map(|b| b.pos));
+        }
+        self.release_cold(released);
+    }
+
     fn load_entry(&self, e: CqEntry) {
         let mut queues = self.queues.borrow_mut();
         let q = queues
@@ -316,8 +367,9 @@ impl ConsumeQueues {
             .or_default()
             .entry(e.queue_id)
             .or_default();
-        if q.entries.is_empty() {
+        if q.entries.is_empty() && q.cold.is_empty() {
             q.min = e.queue_offset;
+            q.hot_start = e.queue_offset;
         }
         if e.queue_offset != q.visible() {
             tracing::error!(
@@ -336,6 +388,7 @@ impl ConsumeQueues {
             tag_hash: e.tag_hash,
             time_ms: e.time_ms,
         });
+        self.hot.count(1);
     }
 
     /// Bytes a batch may take in the log, for the room check.
@@ -520,11 +573,12 @@ impl ConsumeQueues {
             };
             let queue_offset = q.visible();
             if e.is_skip() {
-                e.time_ms = q.entries.back().map_or(0, |p| p.time_ms);
+                e.time_ms = q.last_time_ms();
             } else if let Some(p) = self.parked.borrow_mut().get_mut(e.source as usize) {
                 p.settled(e.cl_offset);
             }
             q.entries.push_back(e);
+            self.hot.count(1);
             if self.cq.failure().is_none() {
                 let rec = record::EntryRef {
                     topic,
@@ -594,9 +648,11 @@ impl ConsumeQueues {
     /// queue's minimum offset moves up; its offsets are not reused.
     pub fn trim_below(&self, logs: &[Arc<LogShared>]) {
         let mut queues = self.queues.borrow_mut();
+        let mut released = Vec::new();
         for q in queues.values_mut().flat_map(|t| t.values_mut()) {
-            trim(q, logs);
+            self.hot.uncount(trim(q, logs, &mut released));
         }
+        self.release_cold(released);
     }
 
     /// `trim_below` for one queue.
@@ -607,7 +663,9 @@ impl ConsumeQueues {
             .get_mut(topic)
             .and_then(|t| t.get_mut(&queue_id))
         {
-            trim(q, logs);
+            let mut released = Vec::new();
+            self.hot.uncount(trim(q, logs, &mut released));
+            self.release_cold(released);
         }
     }
 
@@ -625,8 +683,18 @@ impl ConsumeQueues {
 }
 
 /// Drops the queue's leading entries whose records lie below `mins[source]`, and the skips
-/// among them.
-fn trim(q: &mut Queue, logs: &[Arc<LogShared>]) {
+/// among them: whole cold blocks first (their file positions go to `released`), then
+/// entries in memory. Returns how many entries left memory.
+fn trim(q: &mut Queue, logs: &[Arc<LogShared>], released: &mut Vec<u64>) -> usize {
+    let min_of = |source: usize| logs.get(source).map_or(0, |l| l.min.load(Ordering::Acquire));
+    while let Some(b) = q.cold.front() {
+        if !b.gone(min_of) {
+            return 0;
+        }
+        released.push(b.pos);
+        q.cold.pop_front();
+        q.min = q.cold.front().map_or(q.hot_start, |n| n.first);
+    }
     let gone = |e: &QueueEntry| {
         !e.is_skip()
             && logs
@@ -634,12 +702,16 @@ fn trim(q: &mut Queue, logs: &[Arc<LogShared>]) {
                 .is_some_and(|l| e.cl_offset < l.min.load(Ordering::Acquire))
     };
     if !q.entries.front().is_some_and(gone) {
-        return;
+        return 0;
     }
+    let mut dropped = 0;
     while q.entries.front().is_some_and(|e| e.is_skip() || gone(e)) {
         q.entries.pop_front();
         q.min += 1;
+        q.hot_start += 1;
+        dropped += 1;
     }
+    dropped
 }
 
 /// One source's parked records, by CommitLog offset. They arrive in CommitLog order (a

@@ -318,6 +318,33 @@ impl ConsumeQueues {
         // Entries whose CommitLog segment retention deleted go first: the answer is then
         // OFFSET_TOO_SMALL with the new minimum, not a failed read.
         self.trim_queue(&req.topic, req.queue_id, &reader.shared);
+        let want = req.max_messages.max(1) as usize;
+        let scan = FILTER_SCAN_ENTRIES_MAX.max(want as u64) as usize;
+        // Entries moved out of memory come back from the cold file, a block at a time.
+        let cold = self
+            .cold_entries(&req.topic, req.queue_id, req.offset, scan)
+            .await;
+        let cold = match cold {
+            None => None,
+            Some(Ok(entries)) => Some(entries),
+            Some(Err(e)) => {
+                // Retention may have released the block meanwhile: then the offset is
+                // below the new minimum.
+                self.trim_queue(&req.topic, req.queue_id, &reader.shared);
+                match self.offsets(&req.topic, req.queue_id) {
+                    Some((min, max)) if req.offset < min => {
+                        return Ok(empty(GetStatus::OffsetTooSmall, min, min, max));
+                    }
+                    _ => {
+                        return Err(ReadError::Io {
+                            shard: self.shard,
+                            offset: req.offset,
+                            reason: e.to_string(),
+                        })
+                    }
+                }
+            }
+        };
         let (min, max, candidates, examined) = {
             let queues = self.queues.borrow();
             let Some(q) = queues
@@ -339,18 +366,26 @@ impl ConsumeQueues {
             if req.offset > max {
                 return Ok(empty(GetStatus::OffsetOverflowBadly, max, min, max));
             }
-            let want = req.max_messages.max(1) as usize;
             let mut candidates: Vec<(u64, QueueEntry)> = Vec::new();
             let mut at = req.offset;
-            while at < max
-                && candidates.len() < want
-                && at - req.offset < FILTER_SCAN_ENTRIES_MAX.max(want as u64)
-            {
-                let found = q.entry(at);
+            let mut cold = cold.into_iter().flatten().peekable();
+            while at < max && candidates.len() < want && at - req.offset < scan as u64 {
+                let found = match cold.peek() {
+                    Some(&(o, e)) if o == at => {
+                        cold.next();
+                        Some(e)
+                    }
+                    _ => q.entry(at).copied(),
+                };
+                // Not in memory nor in what was read from the cold file (past its blocks):
+                // the next get goes on from here.
+                if found.is_none() && at < q.hot_start {
+                    break;
+                }
                 if let Some(e) =
                     found.filter(|e| !e.is_skip() && req.filter.matches_hash(e.tag_hash))
                 {
-                    candidates.push((at, *e));
+                    candidates.push((at, e));
                 }
                 at += 1;
             }
@@ -409,18 +444,15 @@ impl ConsumeQueues {
             .map(|q| (q.min, q.visible()))
     }
 
-    /// The first offset whose store time is at or after `timestamp_ms` (the max offset if none).
+    /// The first offset in memory whose store time is at or after `timestamp_ms` (the max
+    /// offset if none); `cold_offset_for_time` looks in the cold file first.
     pub fn offset_for_time(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Option<u64> {
         let queues = self.queues.borrow();
         let q = queues.get(topic).and_then(|t| t.get(&queue_id))?;
         // Store times grow along a queue up to the interleaving of different source shards
         // (milliseconds): a binary search, like RocketMQ's lookup by time.
-        let visible = (q.visible() - q.min) as usize;
-        let idx = q
-            .entries
-            .partition_point(|e| e.time_ms < timestamp_ms)
-            .min(visible);
-        Some(q.min + idx as u64)
+        let idx = q.entries.partition_point(|e| e.time_ms < timestamp_ms);
+        Some(q.hot_start + idx as u64)
     }
 }
 
