@@ -52,7 +52,7 @@ pub use record::{MessageInput, StoredMessage};
 pub use retention::{
     DiskUsage, FixedProbe, RetentionConfig, RetentionPlan, StatvfsProbe, UsageProbe,
 };
-pub use store::{PutFuture, PutResult, PutStatus, Store, SHARD_REQUESTS_MAX};
+pub use store::{PutFuture, PutResult, PutStatus, QueueMemory, Store, SHARD_REQUESTS_MAX};
 pub use topics::{
     AutoCreate, Perm, TopicConfig, TopicError, TopicTable, TopicUpdate, TopicsFileError,
 };

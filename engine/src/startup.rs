@@ -312,10 +312,12 @@ async fn serve(shard: &Rc<Shard>, rx: &flume::Receiver<Request>, intake: &flume:
             Request::OffsetForTime(topic, queue_id, at_ms, reply) => {
                 let shard = shard.clone();
                 glommio::spawn_local(async move {
-                    let cold = shard.cqs.cold_offset_for_time(&topic, queue_id, at_ms).await;
-                    let _ = reply.send(
-                        cold.or_else(|| shard.cqs.offset_for_time(&topic, queue_id, at_ms)),
-                    );
+                    let cold = shard
+                        .cqs
+                        .cold_offset_for_time(&topic, queue_id, at_ms)
+                        .await;
+                    let _ = reply
+                        .send(cold.or_else(|| shard.cqs.offset_for_time(&topic, queue_id, at_ms)));
                 })
                 .detach();
             }

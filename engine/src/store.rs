@@ -385,10 +385,49 @@ impl Store {
         }
     }
 
+    /// Moves queue entries past each shard's `queue_entries_in_memory_max` to its cold file
+    /// now, instead of when the shard gets to it; returns each shard's state after.
+    pub async fn spill_now(&self) -> Vec<Option<QueueMemory>> {
+        let id = self.inner.id;
+        let mut out = Vec::new();
+        for shard in 0..self.shards() {
+            let pass = self.spawn_on(shard, move || async move {
+                if let Some(s) = local_shard(id) {
+                    if let Err(e) = s.cqs.spill().await {
+                        tracing::error!(shard, error = %e, "spill failed");
+                    }
+                }
+            });
+            pass.await;
+            out.push(self.queue_memory(shard).await);
+        }
+        out
+    }
+
     /// `(hits, misses)` of shard `shard`'s tail cache: reads of its CommitLog served from
     /// memory, and reads that went to the device.
     pub fn tail_cache_stats(&self, shard: usize) -> Option<(u64, u64)> {
         self.inner.shards.get(shard).map(|s| s.shared.tail.stats())
+    }
+
+    /// Queue entries shard `shard` holds in memory, and blocks of entries it moved to its
+    /// cold file (`StoreConfig::queue_entries_in_memory_max`).
+    pub fn queue_memory(&self, shard: usize) -> impl Future<Output = Option<QueueMemory>> + Send {
+        let id = self.inner.id;
+        let asked = self.spawn_on(shard, move || async move {
+            local_shard(id).map(|s| QueueMemory {
+                entries_in_memory: s.cqs.hot.total(),
+                cold_blocks: s
+                    .cqs
+                    .queues
+                    .borrow()
+                    .values()
+                    .flat_map(|t| t.values())
+                    .map(|q| q.cold.len())
+                    .sum(),
+            })
+        });
+        async move { asked.await.flatten() }
     }
 
     /// Reads the record at `(shard, offset)` back, checking its CRC.
@@ -678,6 +717,13 @@ impl Store {
             }
         }
     }
+}
+
+/// See [`Store::queue_memory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueMemory {
+    pub entries_in_memory: usize,
+    pub cold_blocks: usize,
 }
 
 enum Submitted {

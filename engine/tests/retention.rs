@@ -32,10 +32,21 @@ fn body(i: u64) -> Vec<u8> {
 
 #[test]
 fn oldest_segments_go_above_the_warn_ratio_and_puts_stop_above_the_refuse_ratio() {
+    retention_and_guards(0);
+}
+
+#[test]
+fn retention_drops_queue_entries_moved_to_the_cold_file() {
+    // Most of the queue's entries move out of memory before retention runs.
+    retention_and_guards(300);
+}
+
+fn retention_and_guards(queue_entries_in_memory_max: usize) {
     let dir = tempfile::tempdir().unwrap();
     let probe = Arc::new(FixedProbe::with_ratio(0.50));
     let store = Store::open(StoreConfig {
         usage_probe: Some(ProbeHandle(probe.clone())),
+        queue_entries_in_memory_max,
         retention: RetentionConfig {
             // Passes run when the test says (`clean_now`), not on a timer.
             interval_ms: 3_600_000,
@@ -53,6 +64,11 @@ fn oldest_segments_go_above_the_warn_ratio_and_puts_stop_above_the_refuse_ratio(
             .unwrap();
         assert_eq!(r.queue_offset, Some(i));
         shard = r.shard;
+    }
+    if queue_entries_in_memory_max > 0 {
+        let memory = futures_lite::future::block_on(store.spill_now());
+        let m = memory[store.queue_shard("r", 0)].expect("the owner answers");
+        assert!(m.cold_blocks > 0 && m.entries_in_memory <= queue_entries_in_memory_max);
     }
     // Below the warn ratio nothing is expired (72 h): nothing goes.
     futures_lite::future::block_on(store.clean_now());

@@ -135,7 +135,8 @@ pub fn decode_block(first: u64, bytes: &[u8]) -> Result<Vec<QueueEntry>, BlockEr
 
 /// The shard's cold file.
 pub struct ColdFile {
-    file: Rc<DmaFile>,
+    /// Taken out by `close` (what is in flight holds its own reference meanwhile).
+    file: std::cell::RefCell<Option<Rc<DmaFile>>>,
     path: PathBuf,
     /// Where the next blocks go.
     end: std::cell::Cell<u64>,
@@ -160,7 +161,7 @@ impl ColdFile {
             .await
             .map_err(|e| std::io::Error::other(format!("create {}: {e}", path.display())))?;
         Ok(ColdFile {
-            file: Rc::new(file),
+            file: std::cell::RefCell::new(Some(Rc::new(file))),
             path,
             end: std::cell::Cell::new(0),
         })
@@ -168,6 +169,13 @@ impl ColdFile {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn handle(&self) -> std::io::Result<Rc<DmaFile>> {
+        self.file
+            .borrow()
+            .clone()
+            .ok_or_else(|| std::io::Error::other(format!("{} is closed", self.path.display())))
     }
 
     /// Where the next `blocks` blocks will be written; reserves them.
@@ -181,10 +189,10 @@ impl ColdFile {
     pub async fn write(&self, pos: u64, blocks: &[u8]) -> std::io::Result<()> {
         debug_assert_eq!(blocks.len() % BLOCK_BYTES, 0);
         debug_assert_eq!(pos % BLOCK_BYTES as u64, 0);
-        let mut buf = self.file.alloc_dma_buffer(blocks.len());
+        let file = self.handle()?;
+        let mut buf = file.alloc_dma_buffer(blocks.len());
         buf.as_bytes_mut().copy_from_slice(blocks);
-        let n = self
-            .file
+        let n = file
             .write_at(buf, pos)
             .await
             .map_err(|e| std::io::Error::other(format!("write {}: {e}", self.path.display())))?;
@@ -200,7 +208,7 @@ impl ColdFile {
     /// The block at `pos`.
     pub async fn read(&self, pos: u64) -> std::io::Result<Vec<u8>> {
         let r = self
-            .file
+            .handle()?
             .read_at_aligned(pos, BLOCK_BYTES)
             .await
             .map_err(|e| std::io::Error::other(format!("read {}: {e}", self.path.display())))?;
@@ -209,13 +217,17 @@ impl ColdFile {
 
     /// Gives a released block's space back to the filesystem.
     pub async fn release(&self, pos: u64) {
-        if let Err(e) = self.file.deallocate(pos, BLOCK_BYTES as u64).await {
+        let Ok(file) = self.handle() else { return };
+        if let Err(e) = file.deallocate(pos, BLOCK_BYTES as u64).await {
             tracing::warn!(path = %self.path.display(), pos, error = %e, "cannot punch a released cold block");
         }
     }
 
     pub async fn close(&self) {
-        let _ = self.file.clone().close_rc().await;
+        let file = self.file.borrow_mut().take();
+        if let Some(file) = file {
+            let _ = file.close_rc().await;
+        }
     }
 }
 

@@ -196,13 +196,14 @@ impl ConsumeQueues {
             0 => None,
             _ => {
                 let dir = config.store_path.join("cqcold").join(id.to_string());
-                let file = cold::ColdFile::create(&dir).await.map_err(|source| {
-                    RecoveryError::Io {
-                        what: "cannot create the cold entry file in",
-                        path: dir.clone(),
-                        source,
-                    }
-                })?;
+                let file =
+                    cold::ColdFile::create(&dir)
+                        .await
+                        .map_err(|source| RecoveryError::Io {
+                            what: "cannot create the cold entry file in",
+                            path: dir.clone(),
+                            source,
+                        })?;
                 Some(Rc::new(file))
             }
         };
@@ -686,7 +687,10 @@ impl ConsumeQueues {
 /// among them: whole cold blocks first (their file positions go to `released`), then
 /// entries in memory. Returns how many entries left memory.
 fn trim(q: &mut Queue, logs: &[Arc<LogShared>], released: &mut Vec<u64>) -> usize {
-    let min_of = |source: usize| logs.get(source).map_or(0, |l| l.min.load(Ordering::Acquire));
+    let min_of = |source: usize| {
+        logs.get(source)
+            .map_or(0, |l| l.min.load(Ordering::Acquire))
+    };
     while let Some(b) = q.cold.front() {
         if !b.gone(min_of) {
             return 0;

@@ -345,6 +345,38 @@ impl ConsumeQueues {
                 }
             }
         };
+        // Retention drops cold blocks whole; entries at the front of the first one whose
+        // records it deleted are found here, and the queue's minimum moves past them.
+        if let Some(entries) = &cold {
+            let min_of = |s: u16| {
+                reader
+                    .shared
+                    .get(s as usize)
+                    .map_or(0, |l| l.min.load(Ordering::Acquire))
+            };
+            let gone = |e: &QueueEntry| !e.is_skip() && e.cl_offset < min_of(e.source);
+            if entries.first().is_some_and(|(_, e)| gone(e)) {
+                let lead = entries
+                    .iter()
+                    .take_while(|(_, e)| e.is_skip() || gone(e))
+                    .count();
+                let new_min = entries
+                    .get(lead)
+                    .map_or_else(|| entries[lead - 1].0 + 1, |(o, _)| *o);
+                let mut queues = self.queues.borrow_mut();
+                if let Some(q) = queues
+                    .get_mut(req.topic.as_str())
+                    .and_then(|t| t.get_mut(&req.queue_id))
+                {
+                    if q.min < new_min && new_min <= q.hot_start {
+                        q.min = new_min;
+                    }
+                    if req.offset < q.min {
+                        return Ok(empty(GetStatus::OffsetTooSmall, q.min, q.min, q.visible()));
+                    }
+                }
+            }
+        }
         let (min, max, candidates, examined) = {
             let queues = self.queues.borrow();
             let Some(q) = queues

@@ -12,8 +12,8 @@ use crate::waiters::LocalEvent;
 
 /// Entries a queue keeps in memory whatever the budget: where tailing readers read.
 pub const KEEP_HOT: usize = BLOCK_ENTRIES;
-/// Blocks one spill writes at most (one write of 1 MiB).
-const SPILL_BLOCKS_MAX: usize = 256;
+/// Blocks one spill writes at most (one write of 256 KiB).
+const SPILL_BLOCKS_MAX: usize = 64;
 
 /// How many entries the shard holds in memory, against its budget.
 #[derive(Default)]
@@ -98,7 +98,11 @@ impl ConsumeQueues {
 
     /// One write's worth of blocks from the queues holding the most entries in memory.
     async fn spill_once(&self, file: &Rc<ColdFile>) -> std::io::Result<usize> {
-        let want_blocks = self.hot.excess().div_ceil(BLOCK_ENTRIES).min(SPILL_BLOCKS_MAX);
+        let want_blocks = self
+            .hot
+            .excess()
+            .div_ceil(BLOCK_ENTRIES)
+            .min(SPILL_BLOCKS_MAX);
         let mut picks: Vec<(usize, String, u32)> = {
             let queues = self.queues.borrow();
             queues
@@ -111,7 +115,7 @@ impl ConsumeQueues {
                 .filter(|(blocks, _, _)| *blocks > 0)
                 .collect()
         };
-        picks.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        picks.sort_unstable_by_key(|p| std::cmp::Reverse(p.0));
         let mut moves = Vec::new();
         let sources = self.marks.borrow().len();
         {
@@ -158,7 +162,9 @@ impl ConsumeQueues {
         {
             let mut queues = self.queues.borrow_mut();
             for m in moves {
-                let q = queues.get_mut(&m.topic).and_then(|t| t.get_mut(&m.queue_id));
+                let q = queues
+                    .get_mut(&m.topic)
+                    .and_then(|t| t.get_mut(&m.queue_id));
                 let fits = q.as_ref().is_some_and(|q| {
                     q.hot_start == m.block.first
                         && q.entries.len() >= BLOCK_ENTRIES
@@ -210,7 +216,10 @@ impl ConsumeQueues {
             if offset >= q.hot_start || offset < q.min {
                 return None;
             }
-            let first = q.cold.partition_point(|b| b.first <= offset).checked_sub(1)?;
+            let first = q
+                .cold
+                .partition_point(|b| b.first <= offset)
+                .checked_sub(1)?;
             q.cold
                 .range(first..)
                 .take(max.div_ceil(BLOCK_ENTRIES) + 1)
@@ -260,8 +269,7 @@ impl ConsumeQueues {
         let (block, next) = {
             let queues = self.queues.borrow();
             let q = queues.get(topic).and_then(|t| t.get(&queue_id))?;
-            if q.cold.is_empty() || q.entries.front().is_some_and(|e| e.time_ms < timestamp_ms)
-            {
+            if q.cold.is_empty() || q.entries.front().is_some_and(|e| e.time_ms < timestamp_ms) {
                 return None;
             }
             // The last block starting before the time holds the answer, or the next
