@@ -122,6 +122,8 @@ impl Queue {
     }
 }
 
+/// Log bytes `rebuild` reads before it moves entries past the memory budget out.
+const REBUILD_SLICE_BYTES: u64 = 64 << 20;
 /// Bytes the ConsumeQueue log may hold appended but unwritten.
 const CQ_BUFFER_MAX_BYTES: usize = 16 << 20;
 
@@ -239,33 +241,52 @@ impl ConsumeQueues {
             .next()
             .copied()
             .unwrap_or(0);
-        let mut records = Vec::new();
-        self.cq
-            .scan(first, |offset, bytes| {
-                if let Ok(Some(r)) = record::decode(bytes, offset, u64::MAX) {
-                    records.push(r);
-                }
-            })
-            .await?;
-        for r in records {
-            match r {
-                CqRecord::Entry(e) => self.load_entry(e),
-                // Only watermarks move marks: entries after the last one may have been
-                // appended out of CommitLog order (a queue's prefix filling in late).
-                CqRecord::Watermark { source, upto } => {
-                    if let Some(m) = self.marks.borrow_mut().get_mut(source as usize) {
-                        *m = (*m).max(upto);
+        // A slice of the log at a time, moving entries past the memory budget out between
+        // slices, so that opening a large store does not need every entry in memory.
+        let mut from = first;
+        loop {
+            let mut records = Vec::new();
+            let next = self
+                .cq
+                .scan_upto(from, REBUILD_SLICE_BYTES, |offset, bytes| {
+                    if let Ok(Some(r)) = record::decode(bytes, offset, u64::MAX) {
+                        records.push(r);
                     }
+                })
+                .await?;
+            for r in records {
+                self.load_record(r);
+            }
+            if self.hot.over() {
+                if let Err(e) = self.spill().await {
+                    tracing::error!(shard = self.shard, error = %e, "cannot move queue entries to the cold file while opening; they stay in memory");
                 }
-                CqRecord::TopicDeleted {
-                    topic,
-                    generation,
-                    source,
-                    upto,
-                } => self.load_topic_deleted(topic, generation, source, upto),
+            }
+            match next {
+                Some(n) => from = n,
+                None => break,
             }
         }
         Ok(())
+    }
+
+    fn load_record(&self, r: CqRecord) {
+        match r {
+            CqRecord::Entry(e) => self.load_entry(e),
+            // Only watermarks move marks: entries after the last one may have been
+            // appended out of CommitLog order (a queue's prefix filling in late).
+            CqRecord::Watermark { source, upto } => {
+                if let Some(m) = self.marks.borrow_mut().get_mut(source as usize) {
+                    *m = (*m).max(upto);
+                }
+            }
+            CqRecord::TopicDeleted {
+                topic,
+                generation,
+                source,
+                upto,
+            } => self.load_topic_deleted(topic, generation, source, upto),
+        }
     }
 
     /// A "topic deleted" record while rebuilding: the entries of the topic loaded so far are

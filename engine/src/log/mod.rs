@@ -543,13 +543,27 @@ impl Log {
     /// Calls `f(offset, record)` for each valid record from `from` (a record boundary) up to
     /// the written end, in order, using the format's step function; stops at the first
     /// position that is not a valid record.
-    pub async fn scan(&self, from: u64, mut f: impl FnMut(u64, &Bytes)) -> std::io::Result<()> {
+    pub async fn scan(&self, from: u64, f: impl FnMut(u64, &Bytes)) -> std::io::Result<()> {
+        self.scan_upto(from, u64::MAX, f).await.map(|_| ())
+    }
+
+    /// `scan`, stopping at the first record boundary at least `limit` bytes past `from`:
+    /// returns that position, or `None` if the scan reached the end.
+    pub async fn scan_upto(
+        &self,
+        from: u64,
+        limit: u64,
+        mut f: impl FnMut(u64, &Bytes),
+    ) -> std::io::Result<Option<u64>> {
         let seg = self.spec.segment_bytes;
         let end = self.written();
         let mut pos = from;
         let mut win = Bytes::new();
         let mut win_pos = pos;
         while pos < end {
+            if pos - from >= limit {
+                return Ok(Some(pos));
+            }
             let seg_end = pos - pos % seg + seg;
             let avail = if pos >= win_pos && pos <= win_pos + win.len() as u64 {
                 win.slice((pos - win_pos) as usize..)
@@ -562,21 +576,21 @@ impl Log {
                     pos += n as u64;
                 }
                 Step::SegmentFull => pos = seg_end,
-                Step::Stop(_) => return Ok(()),
+                Step::Stop(_) => return Ok(None),
                 Step::Need(n) => {
                     let len = (SCAN_WINDOW_BYTES.max(n))
                         .min(seg_end - pos)
                         .min(end.max(pos + n) - pos);
                     let read = self.read_bytes(pos, len as usize).await?;
                     if (read.len() as u64) < n.min(seg_end - pos) {
-                        return Ok(());
+                        return Ok(None);
                     }
                     win = read;
                     win_pos = pos;
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
