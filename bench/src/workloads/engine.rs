@@ -66,6 +66,10 @@ pub struct EngineArgs {
     /// readers behind the tail cache (default: the store's `read_cache_bytes`, 32 MiB).
     #[arg(long, value_parser = parse_size)]
     pub read_cache: Option<u64>,
+    /// Queue entries each shard keeps in memory before moving the oldest to its cold file
+    /// (default: the store's `queue_entries_in_memory_max`; 0 keeps all in memory).
+    #[arg(long)]
+    pub entries_in_memory: Option<usize>,
     /// How long a shard runs tasks before it submits and reaps I/O, in µs (default: the
     /// store's `io_poll_interval_us`).
     #[arg(long)]
@@ -142,6 +146,9 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         flush_mode: args.flush,
         segment_size_bytes: args.segment,
         write_buffer_max_bytes: window_bytes.max(64 << 20) as usize,
+        queue_entries_in_memory_max: args
+            .entries_in_memory
+            .unwrap_or(defaults.queue_entries_in_memory_max),
         read_cache_bytes: args
             .read_cache
             .map_or(defaults.read_cache_bytes, |b| b as usize),
@@ -254,6 +261,11 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         )
         .param("inflight_per_producer", inflight)
         .param("rate_msgs_per_s", args.rate.unwrap_or(0.0))
+        .param(
+            "entries_in_memory_max_per_shard",
+            args.entries_in_memory
+                .unwrap_or(StoreConfig::default().queue_entries_in_memory_max),
+        )
         .param("flush", format!("{:?}", args.flush))
         .param("segment_bytes", args.segment)
         .param("write_chunk_bytes", store_chunk)

@@ -176,6 +176,12 @@ impl ConsumeQueues {
                         q.hot_start += BLOCK_ENTRIES as u64;
                         q.cold.push_back(m.block);
                         moved += BLOCK_ENTRIES;
+                        // A queue that grew long keeps its capacity after draining: give
+                        // the memory back once it is mostly unused.
+                        let len = q.entries.len().max(BLOCK_ENTRIES);
+                        if q.entries.capacity() > 4 * len {
+                            q.entries.shrink_to(2 * len);
+                        }
                     }
                     _ => stale.push(m.block.pos),
                 }
