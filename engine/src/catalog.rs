@@ -23,6 +23,7 @@ use crate::topics::{AutoCreate, Perm, TopicConfig, TopicTable, TopicUpdate, Topi
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Route {
     pub write_queues: u32,
+    pub read_queues: u32,
     pub perm: Perm,
     /// A delete of the topic is under way (or stalled): puts are refused.
     pub deleting: bool,
@@ -32,6 +33,7 @@ impl Route {
     fn of(config: &TopicConfig, deleting: bool) -> Route {
         Route {
             write_queues: config.write_queues,
+            read_queues: config.read_queues,
             perm: config.perm,
             deleting,
         }
@@ -335,6 +337,30 @@ impl TopicView {
         };
         route.admit(topic, queue_id)
     }
+
+    /// Checks that a consumer may read `(topic, queue_id)`: the topic is readable and the
+    /// queue within its read queues. A topic the table does not know is not checked here
+    /// (its queues do not exist, and the read says so).
+    pub fn admit_read(&self, topic: &str, queue_id: u32) -> Result<(), ReadRefused> {
+        self.refresh();
+        let Some(route) = self.seen.borrow().routes.get(topic).copied() else {
+            return Ok(());
+        };
+        if !route.perm.readable() {
+            return Err(ReadRefused::NoPermission(route.perm));
+        }
+        if queue_id >= route.read_queues {
+            return Err(ReadRefused::QueueIdOutOfRange(route.read_queues));
+        }
+        Ok(())
+    }
+}
+
+/// Why a read of a topic is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadRefused {
+    NoPermission(Perm),
+    QueueIdOutOfRange(u32),
 }
 
 #[cfg(test)]

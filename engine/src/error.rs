@@ -192,6 +192,14 @@ pub enum ReadError {
         offset: u64,
         reason: String,
     },
+    #[error("topic {topic} is not readable (permission {perm:?})")]
+    NoPermission { topic: String, perm: Perm },
+    #[error("queue {queue_id} of topic {topic} is not one of its {read_queues} read queues")]
+    QueueIdOutOfRange {
+        topic: String,
+        queue_id: u32,
+        read_queues: u32,
+    },
     #[error("the store is shutting down")]
     ShuttingDown,
 }

@@ -320,6 +320,26 @@ impl Shard {
         Ok(())
     }
 
+    /// Checks that a consumer may read `(topic, queue_id)` (RocketMQ's pull checks: the
+    /// topic is readable, the queue one of its read queues).
+    pub fn admit_read(&self, topic: &str, queue_id: u32) -> Result<(), crate::error::ReadError> {
+        use crate::catalog::ReadRefused;
+        use crate::error::ReadError;
+        self.catalog
+            .admit_read(topic, queue_id)
+            .map_err(|refused| match refused {
+                ReadRefused::NoPermission(perm) => ReadError::NoPermission {
+                    topic: topic.to_owned(),
+                    perm,
+                },
+                ReadRefused::QueueIdOutOfRange(read_queues) => ReadError::QueueIdOutOfRange {
+                    topic: topic.to_owned(),
+                    queue_id,
+                    read_queues,
+                },
+            })
+    }
+
     /// The topic's name shared by this shard's dispatch records (interned: one allocation per
     /// topic, not per record).
     fn intern(&self, topic: &str) -> Arc<str> {

@@ -295,6 +295,10 @@ async fn serve(shard: &Rc<Shard>, rx: &flume::Receiver<Request>, intake: &flume:
             }
             Request::Get(req, reply) => {
                 let shard = shard.clone();
+                if let Err(e) = shard.admit_read(&req.topic, req.queue_id) {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
                 glommio::spawn_local(async move {
                     settled(&shard, &req.topic, req.queue_id, Some(req.offset)).await;
                     let _ = reply.send(shard.cqs.get(&shard.reader, &req).await);

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::config;
 use shardmq_engine::{
-    FlushMode, GetRequest, GetStatus, MessageInput, Perm, PutStatus, Store, StoreConfig, TagFilter,
+    FlushMode, GetRequest, GetStatus, MessageInput, Perm, PutStatus, ReadError, Store, StoreConfig,
+    TagFilter,
 };
 
 const QUEUES: u32 = 64;
@@ -144,9 +145,25 @@ fn two_hundred_thousand_messages_make_dense_ordered_queues() {
         total += max;
     }
     assert_eq!(total, SENDERS as u64 * PER_SENDER);
-    assert_eq!(
-        get(&store, "orders", QUEUES + 1, 0, 1, "*").status,
-        GetStatus::NoMatchedLogicQueue
+    // A queue the topic does not have is refused, as RocketMQ's pull refuses it.
+    let beyond = futures_lite::future::block_on(store.get_message(GetRequest {
+        group: "g".into(),
+        topic: "orders".into(),
+        queue_id: QUEUES + 1,
+        offset: 0,
+        max_messages: 1,
+        max_bytes: 1 << 20,
+        filter: TagFilter::All,
+    }));
+    assert!(
+        matches!(
+            beyond,
+            Err(ReadError::QueueIdOutOfRange {
+                read_queues: QUEUES,
+                ..
+            })
+        ),
+        "{beyond:?}"
     );
     assert_eq!(
         get(&store, "nothing", 0, 0, 1, "*").status,

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use common::config;
 use shardmq_engine::{
     AutoCreate, FaultPlan, FlushMode, GetRequest, GetStatus, MessageInput, OpenError, Perm,
-    PutError, PutFuture, PutResult, Store, StoreConfig, TagFilter, TopicAdminError, TopicError,
-    TopicUpdate,
+    PutError, PutFuture, PutResult, ReadError, Store, StoreConfig, TagFilter, TopicAdminError,
+    TopicError, TopicUpdate,
 };
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -257,6 +257,60 @@ fn a_topic_without_write_permission_refuses_puts() {
             ..
         })
     ));
+    block_on(store.shutdown()).unwrap();
+}
+
+#[test]
+fn a_topic_without_read_permission_refuses_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(config(dir.path(), 2, FlushMode::Async)).unwrap();
+    store.create_topic("wo", 4, 4, Perm::WRITE).unwrap();
+    assert_eq!(put(&store, "wo", 3, "x".into()), Ok(0));
+    let get = |queue_id: u32| {
+        block_on(store.get_message(GetRequest {
+            group: "g".into(),
+            topic: "wo".into(),
+            queue_id,
+            offset: 0,
+            max_messages: 1,
+            max_bytes: 1 << 20,
+            filter: TagFilter::All,
+        }))
+    };
+    assert!(
+        matches!(
+            get(3),
+            Err(ReadError::NoPermission {
+                perm: Perm::WRITE,
+                ..
+            })
+        ),
+        "{:?}",
+        get(3)
+    );
+    // Readable again, but only its read queues: shrinking them hides queue 3.
+    let readable = TopicUpdate {
+        perm: Some(Perm::READ_WRITE),
+        read_queues: Some(2),
+        ..TopicUpdate::default()
+    };
+    store.update_topic("wo", readable).unwrap();
+    assert!(matches!(
+        get(3),
+        Err(ReadError::QueueIdOutOfRange {
+            queue_id: 3,
+            read_queues: 2,
+            ..
+        })
+    ));
+    let all = TopicUpdate {
+        read_queues: Some(4),
+        ..TopicUpdate::default()
+    };
+    store.update_topic("wo", all).unwrap();
+    let got = get(3).unwrap();
+    assert_eq!(got.status, GetStatus::Found);
+    assert_eq!(got.messages[0].message.body, &b"x"[..]);
     block_on(store.shutdown()).unwrap();
 }
 
