@@ -1,8 +1,9 @@
 //! The retention task of one shard: every `retention.interval_ms` it reads the disk use,
 //! plans with [`retention::plan`](crate::retention::plan) (pure) which of its CommitLog's
 //! oldest segments go, deletes them in the background (appends never wait for it), raises
-//! the published log minimum, drops the queue entries that pointed into them, and refuses
-//! puts while the disk is above the refuse ratio (reads keep working).
+//! the published log minimum, drops the queue entries that pointed into them, deletes the
+//! ConsumeQueue log segments nothing needs any more, and refuses puts while the disk is
+//! above the refuse ratio (reads keep working).
 
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -65,4 +66,8 @@ pub async fn pass(shard: &Rc<Shard>) {
         }
     }
     shard.cqs.trim_below(&shard.reader.shared);
+    // ConsumeQueue log segments whose every entry pointed into what retention deleted.
+    if let Err(e) = shard.cqs.retire_segments(&shard.reader.shared).await {
+        tracing::error!(shard = shard.id, error = %e, "retention: cannot delete ConsumeQueue log segments");
+    }
 }

@@ -152,3 +152,95 @@ fn the_real_file_system_reports_a_sane_usage() {
     }
     futures_lite::future::block_on(store.shutdown()).unwrap();
 }
+
+/// Names of shard `shard`'s ConsumeQueue log segments, oldest first.
+fn cq_segments(dir: &std::path::Path, shard: usize) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir.join("consumequeue").join(shard.to_string()))
+        .unwrap()
+        .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.len() == 20)
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn consume_queue_segments_go_once_their_messages_did_and_offsets_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(FixedProbe::with_ratio(0.50));
+    let cfg = StoreConfig {
+        usage_probe: Some(ProbeHandle(probe.clone())),
+        // Small log segments: a few hundred entries each.
+        consume_queue_segment_bytes: 64 << 10,
+        retention: RetentionConfig {
+            interval_ms: 3_600_000,
+            ..RetentionConfig::default()
+        },
+        ..config(dir.path(), 2, FlushMode::Sync)
+    };
+    let store = Store::open(cfg.clone()).unwrap();
+    // Two queues of one owner: their records share its CommitLog, so retention takes the
+    // idle queue's with the oldest segments.
+    let owner = store.queue_shard("r", 0);
+    let idle = (1..8)
+        .find(|&q| store.queue_shard("r", q) == owner)
+        .unwrap();
+    let put = |queue: u32, i: u64| {
+        store
+            .put_message_blocking(MessageInput::new("r", queue, body(i)))
+            .unwrap()
+            .queue_offset
+            .unwrap()
+    };
+    // The idle queue gets 200 messages first and then nothing: all its entries will go.
+    for i in 0..200 {
+        assert_eq!(put(idle, i), i);
+    }
+    let n = 5_000;
+    for i in 0..n {
+        assert_eq!(put(0, i), i);
+    }
+    let before = cq_segments(dir.path(), owner);
+    // Above the warn ratio the oldest CommitLog segments go, a few per pass, and with them
+    // the ConsumeQueue log segments whose entries all pointed into them.
+    probe.set_ratio(0.80);
+    for _ in 0..20 {
+        futures_lite::future::block_on(store.clean_now());
+    }
+    let after = cq_segments(dir.path(), owner);
+    assert!(
+        after.first() > before.first() && after.len() < before.len(),
+        "oldest ConsumeQueue segments deleted: {before:?} -> {after:?}"
+    );
+    let (min0, max0) = futures_lite::future::block_on(store.queue_offsets("r", 0)).unwrap();
+    assert!(min0 > 0 && max0 == n);
+    assert_eq!(
+        futures_lite::future::block_on(store.queue_offsets("r", idle)),
+        Some((200, 200)),
+        "the idle queue's messages all went"
+    );
+    futures_lite::future::block_on(store.shutdown()).unwrap();
+
+    // Reopened from what is left: the idle queue continues at 200, never at 0 again, and
+    // queue 0 keeps its minimum and every message above it.
+    probe.set_ratio(0.50);
+    let store = Store::open(cfg).unwrap();
+    assert_eq!(
+        futures_lite::future::block_on(store.queue_offsets("r", idle)),
+        Some((200, 200))
+    );
+    let (min0_again, max0_again) =
+        futures_lite::future::block_on(store.queue_offsets("r", 0)).unwrap();
+    assert_eq!(max0_again, n);
+    assert!(
+        min0_again <= min0 + 1 && min0_again > 0,
+        "{min0_again} vs {min0}"
+    );
+    let first = get(&store, min0);
+    assert_eq!(first.messages[0].message.body, body(min0));
+    let r = store
+        .put_message_blocking(MessageInput::new("r", idle, body(200)))
+        .unwrap();
+    assert_eq!(r.queue_offset, Some(200), "offsets are never reused");
+    futures_lite::future::block_on(store.shutdown()).unwrap();
+}

@@ -12,6 +12,7 @@
 pub mod cold;
 pub mod read;
 pub mod record;
+pub mod retire;
 pub mod spill;
 
 use std::cell::RefCell;
@@ -149,6 +150,8 @@ pub struct ConsumeQueues {
     pub hot: spill::HotCount,
     /// Where the oldest blocks of entries go past the budget (`None`: no budget).
     pub cold: Option<Rc<cold::ColdFile>>,
+    /// What each segment of the log refers to, for deleting old ones (`retire.rs`).
+    seg_refs: RefCell<retire::RefMap>,
 }
 
 fn spec(id: usize, config: &StoreConfig, cl_ends: Vec<u64>) -> LogSpec {
@@ -220,6 +223,7 @@ impl ConsumeQueues {
             deleted_generations: RefCell::default(),
             hot: spill::HotCount::new(config.queue_entries_in_memory_max),
             cold,
+            seg_refs: RefCell::default(),
         });
         cqs.rebuild().await.map_err(|source| RecoveryError::Io {
             what: "cannot read the ConsumeQueue log in",
@@ -250,11 +254,12 @@ impl ConsumeQueues {
                 .cq
                 .scan_upto(from, REBUILD_SLICE_BYTES, |offset, bytes| {
                     if let Ok(Some(r)) = record::decode(bytes, offset, u64::MAX) {
-                        records.push(r);
+                        records.push((offset, r));
                     }
                 })
                 .await?;
-            for r in records {
+            for (offset, r) in records {
+                self.note(offset, &r);
                 self.load_record(r);
             }
             if self.hot.over() {
@@ -286,6 +291,34 @@ impl ConsumeQueues {
                 source,
                 upto,
             } => self.load_topic_deleted(topic, generation, source, upto),
+            CqRecord::QueuePosition {
+                topic,
+                queue_id,
+                next,
+            } => self.load_queue_position(topic, queue_id, next),
+        }
+    }
+
+    /// A queue's next offset, written before older segments were deleted: a queue whose
+    /// entries all went with them continues from it.
+    fn load_queue_position(&self, topic: String, queue_id: u32, next: u64) {
+        let mut queues = self.queues.borrow_mut();
+        let q = queues
+            .entry(topic)
+            .or_default()
+            .entry(queue_id)
+            .or_default();
+        if q.entries.is_empty() && q.cold.is_empty() && q.visible() < next {
+            q.min = next;
+            q.hot_start = next;
+        } else if q.visible() < next {
+            tracing::error!(
+                shard = self.shard,
+                queue = queue_id,
+                visible = q.visible(),
+                next,
+                "ConsumeQueue position ahead of the queue's entries; ignored"
+            );
         }
     }
 
@@ -354,7 +387,8 @@ impl ConsumeQueues {
         drop(dropped);
         if self.cq.failure().is_none() {
             for (source, &upto) in upto.iter().enumerate() {
-                self.cq
+                let at = self
+                    .cq
                     .append(record::topic_deleted_len(topic), |pos, out| {
                         record::encode_topic_deleted(
                             topic,
@@ -365,6 +399,15 @@ impl ConsumeQueues {
                             out,
                         )
                     });
+                self.note(
+                    at,
+                    &CqRecord::TopicDeleted {
+                        topic: String::new(),
+                        generation,
+                        source: source as u16,
+                        upto,
+                    },
+                );
             }
         }
         self.write_marks();
@@ -612,9 +655,12 @@ impl ConsumeQueues {
                     tag_hash: e.tag_hash,
                     time_ms: e.time_ms,
                 };
-                self.cq.append(record::entry_len(topic), |pos, out| {
+                let at = self.cq.append(record::entry_len(topic), |pos, out| {
                     record::encode_entry(rec, pos, out)
                 });
+                if !e.is_skip() {
+                    self.note_entry(at, e.source, e.cl_offset + e.size as u64);
+                }
             }
         }
         if q.visible() > before {
@@ -624,6 +670,20 @@ impl ConsumeQueues {
 
     /// Appends a watermark for every source whose mark rose: all its records below the mark
     /// are in the log.
+    /// Appends every watermark, risen or not (before older segments holding the last ones
+    /// are deleted).
+    fn rewrite_marks(&self) {
+        self.write_marks();
+        if self.cq.failure().is_some() {
+            return;
+        }
+        for (source, &mark) in self.marks.borrow().iter().enumerate() {
+            self.cq.append(record::WATERMARK_LEN, |pos, out| {
+                record::encode_watermark(source as u16, mark, pos, out)
+            });
+        }
+    }
+
     fn write_marks(&self) {
         let received = self.received.borrow();
         let parked = self.parked.borrow();

@@ -16,6 +16,7 @@ pub const CQ_RECORD_MAX: usize = CQ_HEADER_LEN + TOPIC_LEN_MAX;
 const KIND_ENTRY: u8 = 1;
 const KIND_WATERMARK: u8 = 2;
 const KIND_TOPIC_DELETED: u8 = 3;
+const KIND_QUEUE_POSITION: u8 = 4;
 
 /// One queue entry: where the message lies and what a reader filters on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,14 @@ pub enum CqRecord {
         source: u16,
         upto: u64,
     },
+    /// The queue's next offset when older segments of this log were deleted, so that a queue
+    /// whose entries all went with them does not start again at 0 (written for every queue
+    /// before a deletion).
+    QueuePosition {
+        topic: String,
+        queue_id: u32,
+        next: u64,
+    },
 }
 
 pub fn entry_len(topic: &str) -> usize {
@@ -69,7 +78,13 @@ pub fn record_len(record: &CqRecord) -> usize {
         CqRecord::Entry(e) => entry_len(&e.topic),
         CqRecord::Watermark { .. } => WATERMARK_LEN,
         CqRecord::TopicDeleted { topic, .. } => topic_deleted_len(topic),
+        CqRecord::QueuePosition { topic, .. } => queue_position_len(topic),
     }
+}
+
+/// Length of a queue position record.
+pub fn queue_position_len(topic: &str) -> usize {
+    CQ_HEADER_LEN + topic.len()
 }
 
 /// The fields of an entry, borrowed (the owner encodes entries without building a
@@ -112,7 +127,24 @@ pub fn encode(record: &CqRecord, position: u64, out: &mut [u8]) {
             source,
             upto,
         } => encode_topic_deleted(topic, *generation, *source, *upto, position, out),
+        CqRecord::QueuePosition {
+            topic,
+            queue_id,
+            next,
+        } => encode_queue_position(topic, *queue_id, *next, position, out),
     }
+}
+
+/// A queue position record: `next` in the queue offset's place, the queue id in its.
+pub fn encode_queue_position(topic: &str, queue_id: u32, next: u64, position: u64, out: &mut [u8]) {
+    debug_assert_eq!(out.len(), queue_position_len(topic));
+    frame(out, position);
+    out[12] = KIND_QUEUE_POSITION;
+    out[13] = topic.len() as u8;
+    out[24..32].copy_from_slice(&next.to_le_bytes());
+    out[44..48].copy_from_slice(&queue_id.to_le_bytes());
+    out[64..].copy_from_slice(topic.as_bytes());
+    seal(out);
 }
 
 fn frame(out: &mut [u8], position: u64) {
@@ -272,6 +304,19 @@ pub fn decode(buf: &[u8], position: u64, seg_left: u64) -> Result<Option<CqRecor
                 upto: u64_at(rec, 32),
             }))
         }
+        KIND_QUEUE_POSITION => {
+            let topic = topic_of(rec)?;
+            if topic.is_empty() {
+                return Err(DecodeError::Malformed(
+                    "queue position record without a topic",
+                ));
+            }
+            Ok(Some(CqRecord::QueuePosition {
+                topic,
+                queue_id: u32_at(rec, 44),
+                next: u64_at(rec, 24),
+            }))
+        }
         _ => Err(DecodeError::Malformed("unknown ConsumeQueue record kind")),
     }
 }
@@ -297,6 +342,9 @@ pub fn scan_step(avail: &Bytes, offset: u64, seg_left: u64, cl_ends: &[u64]) -> 
             }
         }
         Ok(Some(CqRecord::Watermark { .. })) => Step::Record(WATERMARK_LEN as u32),
+        Ok(Some(CqRecord::QueuePosition { topic, .. })) => {
+            Step::Record(queue_position_len(&topic) as u32)
+        }
         Ok(Some(CqRecord::TopicDeleted {
             topic,
             source,
@@ -346,8 +394,10 @@ mod tests {
             prop_assert_eq!(decode(&bytes(&r, pos), pos, u64::MAX).unwrap(), Some(r));
             let w = CqRecord::Watermark { source: 3, upto: off };
             prop_assert_eq!(decode(&bytes(&w, pos), pos, u64::MAX).unwrap(), Some(w));
-            let d = CqRecord::TopicDeleted { topic, generation: off, source: q as u16, upto: pos };
+            let d = CqRecord::TopicDeleted { topic: topic.clone(), generation: off, source: q as u16, upto: pos };
             prop_assert_eq!(decode(&bytes(&d, pos), pos, u64::MAX).unwrap(), Some(d));
+            let p = CqRecord::QueuePosition { topic, queue_id: q, next: off };
+            prop_assert_eq!(decode(&bytes(&p, pos), pos, u64::MAX).unwrap(), Some(p));
         }
 
         #[test]
@@ -357,10 +407,11 @@ mod tests {
         }
 
         #[test]
-        fn flips_are_detected(at in any::<prop::sample::Index>(), bit in 0u8..8, kind in 0..3) {
+        fn flips_are_detected(at in any::<prop::sample::Index>(), bit in 0u8..8, kind in 0..4) {
             let record = match kind {
                 0 => CqRecord::Entry(entry("t")),
                 1 => CqRecord::Watermark { source: 1, upto: 77 },
+                2 => CqRecord::QueuePosition { topic: "t".into(), queue_id: 3, next: 99 },
                 _ => CqRecord::TopicDeleted { topic: "t".into(), generation: 4, source: 1, upto: 77 },
             };
             let mut b = bytes(&record, 64);
