@@ -10,7 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io_context, OpenError};
 
 /// Version of the on-disk format this build reads and writes.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// Older versions this build opens and upgrades: 2 lacks only the ConsumeQueue log's queue
+/// position records (kind 4), which a version-2 build would not read.
+const UPGRADABLE_FROM: &[u32] = &[2];
 /// The documented queue-to-shard hash. Changing it would move queues between shards, so it is
 /// recorded in the meta file and checked on open.
 pub const QUEUE_HASH: &str = "fnv1a64(topic_utf8 || queue_id_u32_le) % shards";
@@ -114,14 +117,16 @@ pub fn load_or_create(
             }
             let version: Version =
                 toml::from_str(&text).map_err(|e| bad(format!("unreadable: {e}")))?;
-            if version.format_version != FORMAT_VERSION {
+            let upgrade = UPGRADABLE_FROM.contains(&version.format_version);
+            if version.format_version != FORMAT_VERSION && !upgrade {
                 return Err(bad(format!(
                     "format version {} is not supported by this build (it reads version \
                      {FORMAT_VERSION})",
                     version.format_version
                 )));
             }
-            let meta: Meta = toml::from_str(&text).map_err(|e| bad(format!("unreadable: {e}")))?;
+            let mut meta: Meta =
+                toml::from_str(&text).map_err(|e| bad(format!("unreadable: {e}")))?;
             if meta.queue_hash != QUEUE_HASH {
                 return Err(bad(format!("unknown queue hash `{}`", meta.queue_hash)));
             }
@@ -136,6 +141,13 @@ pub fn load_or_create(
             }
             if meta.shards == 0 {
                 return Err(bad("shard count 0".into()));
+            }
+            if upgrade {
+                // Before anything of the new version is written (the lock is held).
+                meta.format_version = FORMAT_VERSION;
+                let text = toml::to_string(&meta).map_err(|e| bad(e.to_string()))?;
+                write_atomic(&path, text.as_bytes())
+                    .map_err(io_context("cannot upgrade", &path))?;
             }
             Ok(meta)
         }
@@ -200,6 +212,20 @@ mod tests {
         let spread: std::collections::HashSet<_> =
             (0..64).map(|q| queue_shard("TopicTest", q, 4)).collect();
         assert_eq!(spread.len(), 4);
+    }
+
+    #[test]
+    fn a_version_2_store_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let v2 = format!("format_version = 2\nshards = 2\nqueue_hash = \"{QUEUE_HASH}\"\n");
+        std::fs::write(dir.path().join(META_FILE), v2).unwrap();
+        let m = load_or_create(dir.path(), None, 8).unwrap();
+        assert_eq!((m.format_version, m.shards), (FORMAT_VERSION, 2));
+        let text = std::fs::read_to_string(dir.path().join(META_FILE)).unwrap();
+        assert!(
+            text.contains(&format!("format_version = {FORMAT_VERSION}")),
+            "{text}"
+        );
     }
 
     #[test]
