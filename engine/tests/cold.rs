@@ -3,25 +3,15 @@
 
 mod common;
 
-use common::config;
-use shardmq_engine::{
-    FlushMode, GetRequest, GetResult, GetStatus, MessageInput, Perm, Store, StoreConfig, TagFilter,
-};
+use common::{config, get_request};
+use shardmq_engine::{FlushMode, GetResult, GetStatus, MessageInput, Perm, Store, StoreConfig};
 
 const QUEUES: u32 = 4;
 const PER_QUEUE: u64 = 6_000;
 const BUDGET: usize = 2_000;
 
 fn get(store: &Store, queue: u32, offset: u64, max: u32, filter: &str) -> GetResult {
-    let req = GetRequest {
-        group: "g".into(),
-        topic: "cold".into(),
-        queue_id: queue,
-        offset,
-        max_messages: max,
-        max_bytes: 1 << 20,
-        filter: TagFilter::parse(filter),
-    };
+    let req = get_request("cold", queue, offset, max, filter);
     futures_lite::future::block_on(store.get_message(req)).unwrap()
 }
 

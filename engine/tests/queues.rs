@@ -146,15 +146,13 @@ fn two_hundred_thousand_messages_make_dense_ordered_queues() {
     }
     assert_eq!(total, SENDERS as u64 * PER_SENDER);
     // A queue the topic does not have is refused, as RocketMQ's pull refuses it.
-    let beyond = futures_lite::future::block_on(store.get_message(GetRequest {
-        group: "g".into(),
-        topic: "orders".into(),
-        queue_id: QUEUES + 1,
-        offset: 0,
-        max_messages: 1,
-        max_bytes: 1 << 20,
-        filter: TagFilter::All,
-    }));
+    let beyond = futures_lite::future::block_on(store.get_message(common::get_request(
+        "orders",
+        QUEUES + 1,
+        0,
+        1,
+        "*",
+    )));
     assert!(
         matches!(
             beyond,

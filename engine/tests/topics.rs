@@ -266,17 +266,8 @@ fn a_topic_without_read_permission_refuses_reads() {
     let store = Store::open(config(dir.path(), 2, FlushMode::Async)).unwrap();
     store.create_topic("wo", 4, 4, Perm::WRITE).unwrap();
     assert_eq!(put(&store, "wo", 3, "x".into()), Ok(0));
-    let get = |queue_id: u32| {
-        block_on(store.get_message(GetRequest {
-            group: "g".into(),
-            topic: "wo".into(),
-            queue_id,
-            offset: 0,
-            max_messages: 1,
-            max_bytes: 1 << 20,
-            filter: TagFilter::All,
-        }))
-    };
+    let get =
+        |queue_id: u32| block_on(store.get_message(common::get_request("wo", queue_id, 0, 1, "*")));
     assert!(
         matches!(
             get(3),

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use shardmq_engine::{FlushMode, MessageInput, StoreConfig};
+use shardmq_engine::{FlushMode, GetRequest, MessageInput, StoreConfig, TagFilter};
 
 /// A small-footprint config for tests: small segments and chunks, little locked memory (many
 /// stores run at once and share the per-user memlock limit).
@@ -50,4 +50,18 @@ pub fn body(writer: u32, seq: u64, len: usize) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// A get of up to `max` messages (1 MiB at most) of `(topic, queue)` from `offset` through
+/// the tag filter expression `filter`.
+pub fn get_request(topic: &str, queue_id: u32, offset: u64, max: u32, filter: &str) -> GetRequest {
+    GetRequest {
+        group: "g".into(),
+        topic: topic.into(),
+        queue_id,
+        offset,
+        max_messages: max,
+        max_bytes: 1 << 20,
+        filter: TagFilter::parse(filter),
+    }
 }
