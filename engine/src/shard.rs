@@ -122,8 +122,9 @@ pub struct Shard {
     rounds: RefCell<VecDeque<Round>>,
     /// A round is being finished (appended).
     reserving: Cell<bool>,
-    /// An emptied staging buffer, for the next round.
-    spare: RefCell<VecDeque<Staged>>,
+    /// Emptied staging buffers (with their capacity), for the next rounds: one per round
+    /// in flight, so a staging buffer never starts from nothing and regrows.
+    spares: RefCell<Vec<VecDeque<Staged>>>,
     /// Rounds the stager began and the appender finished (a delete waits for the rounds
     /// holding puts accepted before it; rounds finish in the order they begin).
     rounds_begun: Cell<u64>,
@@ -194,7 +195,7 @@ impl Shard {
             staged: RefCell::default(),
             rounds: RefCell::default(),
             reserving: Cell::new(false),
-            spare: RefCell::default(),
+            spares: RefCell::default(),
             rounds_begun: Cell::new(0),
             rounds_done: Cell::new(0),
             staged_event: LocalEvent::default(),
@@ -544,7 +545,10 @@ impl Shard {
             }
         }
         self.cl.kick();
-        *self.spare.borrow_mut() = puts;
+        let mut spares = self.spares.borrow_mut();
+        if spares.len() <= ROUNDS_AHEAD_MAX {
+            spares.push(puts);
+        }
     }
 
     /// Appends a put's records with their reserved queue offsets.
@@ -889,7 +893,7 @@ async fn stager(shard: Rc<Shard>) {
         // Swapped, not moved: an emptied round's buffer becomes the next staging buffer.
         let puts = std::mem::replace(
             &mut *shard.staged.borrow_mut(),
-            std::mem::take(&mut *shard.spare.borrow_mut()),
+            shard.spares.borrow_mut().pop().unwrap_or_default(),
         );
         shard.rounds_begun.set(shard.rounds_begun.get() + 1);
         let round = shard.start_round(puts);
