@@ -178,7 +178,10 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         let shard = p as usize % args.shards as usize;
         let n = args.count / args.producers as u64
             + u64::from((p as u64) < args.count % args.producers as u64);
-        let (s, body, queues) = (store.clone(), body.clone(), args.queues.max(1));
+        // A body per producer: one shared by all would have both cores bounce its
+        // reference count on every put.
+        let body = Bytes::copy_from_slice(&body);
+        let (s, queues) = (store.clone(), args.queues.max(1));
         let pace = args.rate.map(|r| r / args.producers as f64);
         tasks.push(store.spawn_on(shard, move || {
             produce(s, p, n, inflight as usize, body, queues, pace)
