@@ -320,9 +320,14 @@ impl ConsumeQueues {
         self.trim_queue(&req.topic, req.queue_id, &reader.shared);
         let want = req.max_messages.max(1) as usize;
         let scan = FILTER_SCAN_ENTRIES_MAX.max(want as u64) as usize;
-        // Entries moved out of memory come back from the cold file, a block at a time.
+        // Entries moved out of memory come back from the cold file, a block at a time: as
+        // many as the get can return, or (through a tag filter) as it may examine.
+        let cold_max = match req.filter {
+            TagFilter::All => want,
+            TagFilter::Tags(_) => scan,
+        };
         let cold = self
-            .cold_entries(&req.topic, req.queue_id, req.offset, scan)
+            .cold_entries(&req.topic, req.queue_id, req.offset, cold_max)
             .await;
         let cold = match cold {
             None => None,

@@ -234,6 +234,7 @@ impl ConsumeQueues {
         };
         let file = self.cold.clone()?;
         let mut out = Vec::new();
+        // One block after another: a get needs one or two, unless a filter scans on.
         for b in blocks {
             let bytes = match file.read(b.pos).await {
                 Ok(bytes) => bytes,
