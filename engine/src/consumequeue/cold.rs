@@ -215,6 +215,18 @@ impl ColdFile {
         Ok(r.to_vec())
     }
 
+    /// The entries of `block`, checked (a released block reads as a hole and is refused).
+    pub async fn read_block(&self, block: &ColdBlock) -> std::io::Result<Vec<QueueEntry>> {
+        let bytes = self.read(block.pos).await?;
+        decode_block(block.first, &bytes).map_err(|e| {
+            std::io::Error::other(format!(
+                "cold block at {} of {}: {e}",
+                block.pos,
+                self.path.display()
+            ))
+        })
+    }
+
     /// Gives a released block's space back to the filesystem.
     pub async fn release(&self, pos: u64) {
         let Ok(file) = self.handle() else { return };

@@ -399,15 +399,7 @@ impl ConsumeQueues {
                             out,
                         )
                     });
-                self.note(
-                    at,
-                    &CqRecord::TopicDeleted {
-                        topic: String::new(),
-                        generation,
-                        source: source as u16,
-                        upto,
-                    },
-                );
+                self.note_deleted(at, source as u16, upto);
             }
         }
         self.write_marks();

@@ -45,12 +45,16 @@ impl ConsumeQueues {
                 self.note_entry(log_offset, e.source, e.cl_offset + e.size as u64)
             }
             CqRecord::TopicDeleted { source, upto, .. } => {
-                let mut refs = self.refs_at(log_offset);
-                if let Some(u) = refs.deleted_upto.get_mut(*source as usize) {
-                    *u = (*u).max(*upto);
-                }
+                self.note_deleted(log_offset, *source, *upto)
             }
             _ => {}
+        }
+    }
+
+    pub(super) fn note_deleted(&self, log_offset: u64, source: u16, upto: u64) {
+        let mut refs = self.refs_at(log_offset);
+        if let Some(u) = refs.deleted_upto.get_mut(source as usize) {
+            *u = (*u).max(upto);
         }
     }
 

@@ -236,21 +236,11 @@ impl ConsumeQueues {
         let mut out = Vec::new();
         // One block after another: a get needs one or two, unless a filter scans on.
         for b in blocks {
-            let bytes = match file.read(b.pos).await {
-                Ok(bytes) => bytes,
-                Err(e) => return Some(Err(e)),
-            };
-            let entries = match cold::decode_block(b.first, &bytes) {
+            // A block released meanwhile (retention) is refused: the caller trims and
+            // answers from the new minimum.
+            let entries = match file.read_block(&b).await {
                 Ok(entries) => entries,
-                // A block released meanwhile (retention) reads as a hole: the caller
-                // trims and answers from the new minimum.
-                Err(e) => {
-                    return Some(Err(std::io::Error::other(format!(
-                        "cold block at {} of {}: {e}",
-                        b.pos,
-                        file.path().display()
-                    ))))
-                }
+                Err(e) => return Some(Err(e)),
             };
             for (i, e) in entries.into_iter().enumerate() {
                 let at = b.first + i as u64;
@@ -291,8 +281,7 @@ impl ConsumeQueues {
             }
         };
         let file = self.cold.clone()?;
-        let bytes = file.read(block.pos).await.ok()?;
-        let entries = cold::decode_block(block.first, &bytes).ok()?;
+        let entries = file.read_block(&block).await.ok()?;
         let idx = entries.partition_point(|e| e.time_ms < timestamp_ms);
         Some(if idx < entries.len() {
             block.first + idx as u64
