@@ -159,6 +159,8 @@ impl ClReader {
     ) -> Vec<Result<StoredMessage, ReadError>> {
         let block = self.blocks.borrow().block_bytes;
         let mut out: Vec<Option<Result<StoredMessage, ReadError>>> = Vec::new();
+        // Per record: the tail cache was asked (and missed).
+        let mut tail_missed = vec![false; wants.len()];
         // Records to take from blocks, and the blocks missing from the cache.
         let mut from_blocks = Vec::new();
         let mut missing: Vec<(usize, u64, u64)> = Vec::new();
@@ -176,6 +178,7 @@ impl ClReader {
                 out.push(Some(self.decode_at(shard, offset, &bytes)));
                 continue;
             }
+            tail_missed[out.len()] = true;
             out.push(None);
             // With the read cache off, or for a record across a block boundary (rare:
             // records are small against a block), the record is read alone.
@@ -229,7 +232,10 @@ impl ClReader {
             let (shard, offset, size) = wants[i];
             results.push(match slot {
                 Some(r) => r,
-                None => self.read(shard, offset, Some(size)).await,
+                None => {
+                    self.read_with(shard, offset, Some(size), !tail_missed[i])
+                        .await
+                }
             });
         }
         results
@@ -261,6 +267,18 @@ impl ClReader {
         offset: u64,
         size: Option<u32>,
     ) -> Result<StoredMessage, ReadError> {
+        self.read_with(shard, offset, size, true).await
+    }
+
+    /// `read`, trying the tail cache first only if `tail` (a caller that already missed it
+    /// does not look, or count a miss, twice).
+    async fn read_with(
+        &self,
+        shard: usize,
+        offset: u64,
+        size: Option<u32>,
+        tail: bool,
+    ) -> Result<StoredMessage, ReadError> {
         let log = self
             .shared
             .get(shard)
@@ -277,7 +295,10 @@ impl ClReader {
                 readable,
             });
         }
-        if let Some(bytes) = size.and_then(|s| self.shared[shard].tail.get(offset, s as u64)) {
+        let cached = size
+            .filter(|_| tail)
+            .and_then(|s| self.shared[shard].tail.get(offset, s as u64));
+        if let Some(bytes) = cached {
             return self.decode_at(shard, offset, &bytes);
         }
         let left = self.segment_bytes - offset % self.segment_bytes;
