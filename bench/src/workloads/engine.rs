@@ -3,7 +3,11 @@
 //! A fresh store is created in a temporary directory under `--dir` (removed at the end) with
 //! `--shards` shards. `--producers` tasks are spread over the shards (spawned *on* them, so
 //! every put takes the on-shard fast path); each keeps `--inflight` puts outstanding and
-//! awaits them oldest first. Latency = from the put call to its acknowledgement: the write
+//! awaits them oldest first. With `--placement spread` (the default) each producer cycles
+//! through all the queues, so about half its puts go to queues another shard owns (whose
+//! offsets that shard reserves: one round trip between cores); with `--placement owner`
+//! it cycles through the queues its own shard owns, the way a thread-per-core server routes
+//! each request to the core that owns its queue. Latency = from the put call to its acknowledgement: the write
 //! (ASYNC_FLUSH) or the covering fdatasync (SYNC_FLUSH). The timed region runs from the
 //! producers' start to the last acknowledgement; under ASYNC_FLUSH it ends with one
 //! `fdatasync` per shard (`shutdown`), included, like the disk mode's final flush; with
@@ -74,6 +78,10 @@ pub struct EngineArgs {
     /// store's `io_poll_interval_us`).
     #[arg(long)]
     pub io_poll_us: Option<u64>,
+    /// Which queues each producer cycles through: `spread` (all of them) or `owner` (those
+    /// its shard owns; with more shards than owned queues a shard without any sends to all).
+    #[arg(long, value_enum, default_value = "spread")]
+    pub placement: Placement,
     /// Queues the producers cycle through (one topic, created with this many queues; at most
     /// 65 536).
     #[arg(long, default_value_t = 8)]
@@ -97,6 +105,13 @@ pub struct EngineArgs {
     /// window allows.
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,
+}
+
+/// See `--placement`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Placement {
+    Spread,
+    Owner,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -181,7 +196,17 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
         // A body per producer: one shared by all would have both cores bounce its
         // reference count on every put.
         let body = Bytes::copy_from_slice(&body);
-        let (s, queues) = (store.clone(), args.queues.max(1));
+        let all: Vec<u32> = (0..args.queues.max(1)).collect();
+        let owned: Vec<u32> = all
+            .iter()
+            .copied()
+            .filter(|&q| store.queue_shard(TOPIC, q) == shard)
+            .collect();
+        let queues = match args.placement {
+            Placement::Owner if !owned.is_empty() => owned,
+            _ => all,
+        };
+        let s = store.clone();
         let pace = args.rate.map(|r| r / args.producers as f64);
         tasks.push(store.spawn_on(shard, move || {
             produce(s, p, n, inflight as usize, body, queues, pace)
@@ -297,6 +322,7 @@ pub fn run(args: &EngineArgs) -> Result<Report, BenchError> {
             args.read_cache.unwrap_or(32 << 20),
         )
         .param("queues", args.queues)
+        .param("placement", format!("{:?}", args.placement).to_lowercase())
         .param("flush_disk_timeouts", timeouts)
         .param("latency", "put call to acknowledgement")
         .param("timed", "producers start .. last ack + shutdown flush");
@@ -363,7 +389,7 @@ async fn produce(
     n: u64,
     inflight: usize,
     body: Bytes,
-    queues: u32,
+    queues: Vec<u32>,
     pace: Option<f64>,
 ) -> ProducerResult {
     let mut result = ProducerResult {
@@ -385,7 +411,7 @@ async fn produce(
             if due.is_some_and(|d| d > now) {
                 break;
             }
-            let queue = (id + sent as u32) % queues;
+            let queue = queues[(id as usize + sent as usize) % queues.len()];
             let msg = MessageInput::new(TOPIC, queue, body.clone());
             window.push_back((due.unwrap_or(now), store.put_message(msg)));
             sent += 1;
