@@ -1,13 +1,235 @@
-//! `shardmq`: the broker binary. The protocol front (standalone, broker and NameServer roles,
-//! admin commands) is not built yet; until it is, this binary says so instead of pretending.
+//! `shardmq`: the broker, the NameServer, both in one process (`standalone`), and the admin
+//! commands.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use shardmq_engine::FlushMode;
+use shardmq_server::config::{ms, split_addrs, ServerConfig};
+use shardmq_server::namesrv::{NameServer, NamesrvConfig};
+use shardmq_server::{admin, broker};
+
+#[derive(Parser)]
+#[command(
+    name = "shardmq",
+    version,
+    about = "ShardMQ: a thread-per-core message broker"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags shared by the roles that run a broker; each overrides the config file.
+#[derive(clap::Args, Clone)]
+struct BrokerFlags {
+    /// TOML config file (`[broker]`, `[namesrv]`, `[store]` tables; see docs/config.md).
+    #[arg(long, env = "SHARDMQ_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (the store).
+    #[arg(long, env = "SHARDMQ_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Broker listen address; port 0 picks a free one.
+    #[arg(long, env = "SHARDMQ_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Shards (executor threads); default: the cores this process may use.
+    #[arg(long, env = "SHARDMQ_SHARDS")]
+    shards: Option<usize>,
+    /// sync (SYNC_FLUSH: acknowledged after an fdatasync) or async (ASYNC_FLUSH).
+    #[arg(long, env = "SHARDMQ_FLUSH", value_parser = parse_flush)]
+    flush: Option<FlushMode>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// NameServer and broker in one process, data in ./shardmq-data by default.
+    Standalone {
+        #[command(flatten)]
+        flags: BrokerFlags,
+        /// NameServer listen address; port 0 picks a free one.
+        #[arg(long, env = "SHARDMQ_NAMESRV_LISTEN")]
+        namesrv_listen: Option<SocketAddr>,
+    },
+    /// A NameServer alone.
+    Namesrv {
+        #[arg(long, env = "SHARDMQ_NAMESRV_LISTEN")]
+        listen: Option<SocketAddr>,
+        #[arg(long, env = "SHARDMQ_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// A broker registering with NameServers.
+    Broker {
+        #[command(flatten)]
+        flags: BrokerFlags,
+        /// NameServer addresses, `;`-separated.
+        #[arg(long, env = "SHARDMQ_NAMESRV")]
+        namesrv: Option<String>,
+        #[arg(long, env = "SHARDMQ_CLUSTER")]
+        cluster: Option<String>,
+        #[arg(long, env = "SHARDMQ_BROKER_NAME")]
+        broker_name: Option<String>,
+        /// 0 for a master.
+        #[arg(long, env = "SHARDMQ_BROKER_ID")]
+        broker_id: Option<u64>,
+    },
+    /// Administration, like RocketMQ's mqadmin.
+    Admin(admin::AdminArgs),
+}
+
+fn parse_flush(s: &str) -> Result<FlushMode, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "sync" | "sync_flush" => Ok(FlushMode::Sync),
+        "async" | "async_flush" => Ok(FlushMode::Async),
+        _ => Err(format!("--flush must be sync or async, not {s:?}")),
+    }
+}
+
+fn load(config: &Option<PathBuf>) -> Result<ServerConfig, String> {
+    match config {
+        Some(p) => ServerConfig::load(p).map_err(|e| e.to_string()),
+        None => Ok(ServerConfig::default()),
+    }
+}
+
+fn apply(c: &mut ServerConfig, f: &BrokerFlags) {
+    if let Some(d) = &f.data_dir {
+        c.store.store_path = d.clone();
+    }
+    if let Some(l) = f.listen {
+        c.broker.listen = l;
+    }
+    if let Some(s) = f.shards {
+        c.store.shards = Some(s);
+    }
+    if let Some(m) = f.flush {
+        c.store.flush_mode = m;
+    }
+}
+
 fn main() -> ExitCode {
-    eprintln!(
-        "shardmq: the broker server is not implemented yet. To run the storage engine \
-         embedded, use `cargo run --release -p shardmq-engine --example embed -- ./shardmq-data`; \
-         to measure it, `shardmq-bench engine` (see README.md)."
-    );
-    ExitCode::from(2)
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SHARDMQ_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Standalone {
+            flags,
+            namesrv_listen,
+        } => load(&flags.config).and_then(|mut c| {
+            apply(&mut c, &flags);
+            if let Some(l) = namesrv_listen {
+                c.namesrv.listen = l;
+            }
+            run(c, true)
+        }),
+        Command::Namesrv { listen, config } => load(&config).and_then(|mut c| {
+            if let Some(l) = listen {
+                c.namesrv.listen = l;
+            }
+            run_namesrv(c)
+        }),
+        Command::Broker {
+            flags,
+            namesrv,
+            cluster,
+            broker_name,
+            broker_id,
+        } => load(&flags.config).and_then(|mut c| {
+            apply(&mut c, &flags);
+            if let Some(n) = namesrv {
+                c.broker.namesrv = n;
+            }
+            if let Some(v) = cluster {
+                c.broker.cluster = v;
+            }
+            if let Some(v) = broker_name {
+                c.broker.broker_name = v;
+            }
+            if let Some(v) = broker_id {
+                c.broker.broker_id = v;
+            }
+            run(c, false)
+        }),
+        Command::Admin(args) => admin::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardmq: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn namesrv_config(c: &ServerConfig) -> NamesrvConfig {
+    NamesrvConfig {
+        listen: c.namesrv.listen,
+        broker_ttl: ms(c.namesrv.broker_ttl_ms),
+        scan_interval: ms(c.namesrv.scan_interval_ms),
+    }
+}
+
+/// The one machine-readable start-up line on stdout (tests and scripts read the addresses
+/// from it instead of guessing free ports).
+fn ready(v: serde_json::Value) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_signal() -> Result<(), String> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "stopping");
+    }
+    Ok(())
+}
+
+fn run_namesrv(c: ServerConfig) -> Result<(), String> {
+    let ns = NameServer::start(namesrv_config(&c))
+        .map_err(|e| format!("cannot listen on {}: {e}", c.namesrv.listen))?;
+    ready(serde_json::json!({"event": "ready", "namesrv": ns.addr().to_string()}));
+    wait_for_signal()?;
+    ns.stop();
+    Ok(())
+}
+
+/// Runs a broker (with a NameServer in the same process when `standalone`) until a signal.
+fn run(mut c: ServerConfig, standalone: bool) -> Result<(), String> {
+    c.validate().map_err(|e| e.to_string())?;
+    let ns = if standalone {
+        let ns = NameServer::start(namesrv_config(&c))
+            .map_err(|e| format!("cannot listen on {}: {e}", c.namesrv.listen))?;
+        c.broker.namesrv = ns.addr().to_string();
+        Some(ns)
+    } else {
+        None
+    };
+    let namesrv = split_addrs(&c.broker.namesrv);
+    let data_dir = c.store.store_path.clone();
+    let handle = broker::start(c.broker.clone(), c.store.clone(), namesrv.clone())
+        .map_err(|e| e.to_string())?;
+    ready(serde_json::json!({
+        "event": "ready",
+        "broker": handle.addr.to_string(),
+        "advertised": handle.advertised,
+        "namesrv": namesrv.join(";"),
+        "data_dir": data_dir.display().to_string(),
+    }));
+    wait_for_signal()?;
+    let result = handle.shutdown();
+    if let Some(ns) = ns {
+        ns.stop();
+    }
+    result
 }

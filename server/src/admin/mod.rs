@@ -1,0 +1,325 @@
+//! `shardmq admin`: RocketMQ mqadmin-like commands against a running cluster, found through
+//! a NameServer. Each prints plain lines on stdout; failures go to stderr with a non-zero exit.
+
+mod consume;
+mod send;
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use shardmq_protocol::message::{
+    BrokerData, ClusterInfo, Empty, KeyValues, NameList, TopicConfigData, TopicRequest, TopicRoute,
+    TopicStats, ViewMessageRequest, ViewMessageResponse,
+};
+use shardmq_protocol::{decode_reply, Reply, Request, Status, Wire};
+
+use crate::config::split_addrs;
+use crate::rpc::Conn;
+
+pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Args)]
+pub struct AdminArgs {
+    /// NameServer addresses, `;`-separated.
+    #[arg(long, env = "SHARDMQ_NAMESRV", default_value = "127.0.0.1:9876")]
+    namesrv: String,
+    #[command(subcommand)]
+    cmd: AdminCmd,
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Topics: create, update, delete, list, route.
+    Topic {
+        #[command(subcommand)]
+        cmd: TopicCmd,
+    },
+    /// Clusters and their brokers.
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCmd,
+    },
+    /// Broker counters.
+    Broker {
+        #[command(subcommand)]
+        cmd: BrokerCmd,
+    },
+    /// Queue offsets of a topic.
+    Queue {
+        #[command(subcommand)]
+        cmd: QueueCmd,
+    },
+    /// Sends messages; prints message id, queue and offset per send.
+    Send(send::SendArgs),
+    /// Pulls messages of a topic for a group and prints them.
+    Consume(consume::ConsumeArgs),
+    /// Finds a message by its broker message id.
+    Message {
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum TopicCmd {
+    Create(TopicArgs),
+    Update(TopicArgs),
+    Delete {
+        #[arg(long)]
+        topic: String,
+    },
+    List,
+    Route {
+        #[arg(long)]
+        topic: String,
+    },
+}
+
+#[derive(Args)]
+struct TopicArgs {
+    #[arg(long)]
+    topic: String,
+    /// Read and write queues.
+    #[arg(long, default_value_t = 8)]
+    queues: u32,
+    #[arg(long)]
+    read_queues: Option<u32>,
+    #[arg(long)]
+    write_queues: Option<u32>,
+    /// rw, r or w.
+    #[arg(long, default_value = "rw")]
+    perm: String,
+    /// Only this broker (default: every master of every cluster).
+    #[arg(long)]
+    broker: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    List,
+}
+
+#[derive(Subcommand)]
+enum BrokerCmd {
+    Status {
+        /// Only this broker (default: every broker).
+        #[arg(long)]
+        broker: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCmd {
+    Offsets {
+        #[arg(long)]
+        topic: String,
+    },
+}
+
+pub fn run(args: AdminArgs) -> Result<(), String> {
+    let ns = Namesrv {
+        addrs: split_addrs(&args.namesrv),
+    };
+    match args.cmd {
+        AdminCmd::Topic { cmd } => topic(&ns, cmd),
+        AdminCmd::Cluster {
+            cmd: ClusterCmd::List,
+        } => {
+            let info = ns.cluster_info()?;
+            for (cluster, names) in &info.clusters {
+                for name in names {
+                    for b in info.brokers.iter().filter(|b| &b.broker_name == name) {
+                        for (id, addr) in &b.addrs {
+                            println!("{cluster}\t{name}\t{id}\t{addr}");
+                        }
+                    }
+                }
+            }
+            Ok(())
+        }
+        AdminCmd::Broker {
+            cmd: BrokerCmd::Status { broker },
+        } => {
+            let addrs = match broker {
+                Some(a) => vec![a],
+                None => all_addrs(&ns.cluster_info()?, false),
+            };
+            for addr in addrs {
+                let kv: KeyValues = call_typed(&addr, &Request::GetBrokerStatus(Empty {}))?;
+                println!("broker {addr}");
+                for (k, v) in kv.entries {
+                    println!("  {k}\t{v}");
+                }
+            }
+            Ok(())
+        }
+        AdminCmd::Queue {
+            cmd: QueueCmd::Offsets { topic },
+        } => {
+            let route = ns.route(&topic)?;
+            println!("broker\tqueue\tmin\tmax");
+            for b in &route.brokers {
+                let Some(addr) = master(b) else { continue };
+                let stats: TopicStats = call_typed(
+                    addr,
+                    &Request::GetTopicStats(TopicRequest {
+                        topic: topic.clone(),
+                    }),
+                )?;
+                for q in stats.queues {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        b.broker_name, q.queue_id, q.min_offset, q.max_offset
+                    );
+                }
+            }
+            Ok(())
+        }
+        AdminCmd::Send(a) => send::run(&ns, a),
+        AdminCmd::Consume(a) => consume::run(&ns, a),
+        AdminCmd::Message { id } => {
+            for addr in all_addrs(&ns.cluster_info()?, true) {
+                let req = Request::ViewMessageById(ViewMessageRequest { id: id.clone() });
+                if let Ok(v) = call_typed::<ViewMessageResponse>(&addr, &req) {
+                    consume::print_message(&v.message, &addr);
+                    return Ok(());
+                }
+            }
+            Err(format!("no broker holds a message with id {id}"))
+        }
+    }
+}
+
+fn topic(ns: &Namesrv, cmd: TopicCmd) -> Result<(), String> {
+    match cmd {
+        TopicCmd::Create(a) | TopicCmd::Update(a) => {
+            let perm = match a.perm.as_str() {
+                "rw" | "wr" => 6,
+                "r" => 4,
+                "w" => 2,
+                p => return Err(format!("--perm must be rw, r or w, not {p:?}")),
+            };
+            let cfg = TopicConfigData {
+                topic: a.topic.clone(),
+                read_queues: a.read_queues.unwrap_or(a.queues),
+                write_queues: a.write_queues.unwrap_or(a.queues),
+                perm,
+                order: false,
+            };
+            let addrs = match a.broker {
+                Some(b) => vec![b],
+                None => all_addrs(&ns.cluster_info()?, true),
+            };
+            if addrs.is_empty() {
+                return Err("no broker is registered with the NameServer".into());
+            }
+            for addr in addrs {
+                let _: Empty = call_typed(&addr, &Request::CreateTopic(cfg.clone()))?;
+                println!(
+                    "topic {} on {addr}: {} read / {} write queues",
+                    cfg.topic, cfg.read_queues, cfg.write_queues
+                );
+            }
+            Ok(())
+        }
+        TopicCmd::Delete { topic } => {
+            for addr in all_addrs(&ns.cluster_info()?, true) {
+                let _: Empty = call_typed(
+                    &addr,
+                    &Request::DeleteTopic(TopicRequest {
+                        topic: topic.clone(),
+                    }),
+                )?;
+                println!("topic {topic} deleted on {addr}");
+            }
+            Ok(())
+        }
+        TopicCmd::List => {
+            let names: NameList = ns.call(&Request::GetTopicList(Empty {}))?;
+            for n in names.names {
+                println!("{n}");
+            }
+            Ok(())
+        }
+        TopicCmd::Route { topic } => {
+            let route = ns.route(&topic)?;
+            for b in &route.brokers {
+                for (id, addr) in &b.addrs {
+                    println!("broker\t{}\t{}\t{id}\t{addr}", b.cluster, b.broker_name);
+                }
+            }
+            for q in &route.queues {
+                println!(
+                    "queues\t{}\tread {}\twrite {}\tperm {}",
+                    q.broker_name, q.read_queues, q.write_queues, q.perm
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The NameServers given on the command line: a call goes to the first that answers.
+pub(crate) struct Namesrv {
+    addrs: Vec<String>,
+}
+
+impl Namesrv {
+    pub(crate) fn call<T: Wire>(&self, req: &Request) -> Result<T, String> {
+        let mut last = String::from("no NameServer address given");
+        for addr in &self.addrs {
+            match call_typed(addr, req) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    pub(crate) fn route(&self, topic: &str) -> Result<TopicRoute, String> {
+        self.call(&Request::GetRouteByTopic(TopicRequest {
+            topic: topic.to_owned(),
+        }))
+    }
+
+    pub(crate) fn cluster_info(&self) -> Result<ClusterInfo, String> {
+        self.call(&Request::GetClusterInfo(Empty {}))
+    }
+}
+
+pub(crate) fn master(b: &BrokerData) -> Option<&str> {
+    b.addrs
+        .iter()
+        .find(|(id, _)| *id == 0)
+        .map(|(_, a)| a.as_str())
+}
+
+/// Every broker address (only masters if `masters`).
+fn all_addrs(info: &ClusterInfo, masters: bool) -> Vec<String> {
+    info.brokers
+        .iter()
+        .flat_map(|b| b.addrs.iter())
+        .filter(|(id, _)| !masters || *id == 0)
+        .map(|(_, a)| a.clone())
+        .collect()
+}
+
+/// One call on a fresh connection; a non-success status becomes an error with its remark.
+pub(crate) fn call_typed<T: Wire>(addr: &str, req: &Request) -> Result<T, String> {
+    let mut conn = Conn::connect(addr, TIMEOUT).map_err(|e| e.to_string())?;
+    call_on(&mut conn, req, &[]).map(|(_, v)| v)
+}
+
+/// One call on `conn`: the status and typed fields for success and the `typed` statuses.
+pub(crate) fn call_on<T: Wire>(
+    conn: &mut Conn,
+    req: &Request,
+    typed: &[Status],
+) -> Result<(Status, T), String> {
+    let frame = conn.call(req).map_err(|e| e.to_string())?;
+    match decode_reply::<T>(&frame, typed) {
+        Ok(Reply::Typed(s, v)) => Ok((s, v)),
+        Ok(Reply::Error(s, remark)) => Err(format!("{} answered {s}: {remark}", conn.addr())),
+        Err(e) => Err(format!("{} sent a bad response: {e}", conn.addr())),
+    }
+}

@@ -1,0 +1,194 @@
+//! Connections, on the shard that accepted them: a read loop that decodes frames and starts
+//! one task per request (so a parked pull never holds up the requests behind it), and a
+//! writer task that sends responses as they finish (matched by request id, in any order).
+//!
+//! Caps, each answered with SYSTEM_BUSY instead of growing memory: requests in flight per
+//! connection, request bytes in flight per shard, connections per shard (closed at accept).
+//! A frame the decoder refuses costs its connection only: one error frame (request id 0,
+//! status BadRequest, the reason as remark) and a close.
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use shardmq_protocol::{error_response, Frame, FrameDecoder, Header, Status};
+
+use super::{handler, Broker};
+
+/// What the connections of one shard share.
+#[derive(Default)]
+pub struct ShardLoad {
+    request_bytes: Cell<usize>,
+    connections: Cell<usize>,
+}
+
+/// Accepts until the broker stops.
+pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
+    let load = Rc::new(ShardLoad::default());
+    loop {
+        let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            broker.stopped().await;
+            None
+        })
+        .await;
+        match next {
+            None => return,
+            Some(Ok(stream)) => {
+                if load.connections.get() >= broker.settings.shard_connections_max {
+                    broker.metrics.busy.fetch_add(1, Ordering::Relaxed);
+                    drop(stream);
+                    continue;
+                }
+                glommio::spawn_local(serve(broker.clone(), load.clone(), stream)).detach();
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors and the like: back off a little instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+struct ConnGuard {
+    broker: Arc<Broker>,
+    load: Rc<ShardLoad>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.load.connections.set(self.load.connections.get() - 1);
+        self.broker
+            .metrics
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
+    load.connections.set(load.connections.get() + 1);
+    broker.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    let _guard = ConnGuard {
+        broker: broker.clone(),
+        load: load.clone(),
+    };
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let (tx, rx) = flume::unbounded::<Bytes>();
+    let writer = glommio::spawn_local(async move {
+        while let Ok(first) = rx.recv_async().await {
+            if wr.write_all(&first).await.is_err() {
+                return;
+            }
+            while let Ok(more) = rx.try_recv() {
+                if wr.write_all(&more).await.is_err() {
+                    return;
+                }
+            }
+            if wr.flush().await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.close().await;
+    });
+    let decoder = FrameDecoder::new(broker.settings.frame_max_bytes);
+    let in_flight = Rc::new(Cell::new(0usize));
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    'conn: loop {
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(frame)) => dispatch(&broker, &load, &in_flight, &tx, frame, peer),
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::info!(%peer, error = %e, "closing a connection after a bad frame");
+                    let h = Header {
+                        flags: 0,
+                        opcode: 0,
+                        status: 0,
+                        request_id: 0,
+                    };
+                    let _ =
+                        tx.send(error_response(&h, Status::BadRequest, e.to_string()).to_bytes());
+                    break 'conn;
+                }
+            }
+        }
+        let want = match decoder.needed(&buf) {
+            Ok(Some(total)) => total.saturating_sub(buf.len()).max(1),
+            Ok(None) => 64 << 10,
+            Err(_) => 1,
+        };
+        let at = buf.len();
+        buf.resize(at + want.min(1 << 20), 0);
+        // A read error ends the connection like an end of stream does.
+        let n: usize = rd.read(&mut buf[at..]).await.unwrap_or_default();
+        buf.truncate(at + n);
+        if n == 0 {
+            break;
+        }
+    }
+    drop(tx);
+    writer.await;
+}
+
+fn dispatch(
+    broker: &Arc<Broker>,
+    load: &Rc<ShardLoad>,
+    in_flight: &Rc<Cell<usize>>,
+    tx: &flume::Sender<Bytes>,
+    frame: Frame,
+    peer: SocketAddr,
+) {
+    let h = frame.header;
+    if h.is_response() {
+        return;
+    }
+    let size = frame.encoded_len();
+    let answer = |f: Frame| {
+        if !h.is_oneway() {
+            let _ = tx.send(f.to_bytes());
+        }
+    };
+    if broker.is_stopping() {
+        answer(error_response(
+            &h,
+            Status::ServiceNotAvailable,
+            "the broker is shutting down",
+        ));
+        return;
+    }
+    if in_flight.get() >= broker.settings.connection_requests_max
+        || load.request_bytes.get() + size > broker.settings.shard_request_bytes_max
+    {
+        broker.metrics.busy.fetch_add(1, Ordering::Relaxed);
+        answer(error_response(
+            &h,
+            Status::SystemBusy,
+            "too many requests in flight; retry later",
+        ));
+        return;
+    }
+    in_flight.set(in_flight.get() + 1);
+    load.request_bytes.set(load.request_bytes.get() + size);
+    broker.requests_begin();
+    let (broker, load, in_flight, tx) =
+        (broker.clone(), load.clone(), in_flight.clone(), tx.clone());
+    glommio::spawn_local(async move {
+        let reply = handler::handle(&broker, frame, peer).await;
+        in_flight.set(in_flight.get() - 1);
+        load.request_bytes.set(load.request_bytes.get() - size);
+        if !h.is_oneway() {
+            let _ = tx.send(reply.to_bytes());
+        }
+        broker.requests_end();
+    })
+    .detach();
+}

@@ -1,0 +1,506 @@
+//! Serving one request on the shard its connection lives on: sends, pulls (with long
+//! polling), offsets, clients and topic administration.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shardmq_engine::{
+    GetRequest, GetStatus, MessageInput, Perm, PutResult, PutStatus, QueueMessage, StoredMessage,
+    TagFilter, TopicUpdate,
+};
+use shardmq_protocol::message::{
+    BatchEntry, Empty, KeyValues, OffsetResponse, PullMessageRequest, PullMessageResponse,
+    QueueStat, SendBatchResponse, SendMessageRequest, SendResult, TopicConfigData, TopicConfigList,
+    TopicStats, ViewMessageResponse, WireMessage,
+};
+use shardmq_protocol::{error_response, response, Frame, Header, Request, Status};
+
+use super::check::{self, put_refusal, read_refusal, Refusal};
+use super::Broker;
+
+/// The property a message's client-generated unique id is stored under.
+pub const UNIQ_KEY: &str = "UNIQ_KEY";
+
+fn refused(h: &Header, r: Refusal) -> Frame {
+    error_response(h, r.status, r.remark)
+}
+
+/// Answers `frame` (a request). Runs on a shard executor.
+pub async fn handle(broker: &Broker, frame: Frame, peer: SocketAddr) -> Frame {
+    let h = frame.header;
+    let req = match Request::from_frame(&frame) {
+        Ok(r) => r,
+        Err(e) => return error_response(&h, e.status(), e.to_string()),
+    };
+    match req {
+        Request::SendMessage(r) => send(broker, &h, r, peer).await,
+        Request::SendBatch(r) => send_batch(broker, &h, r.topic, r.queue_id, r.entries, peer).await,
+        Request::PullMessage(r) => pull(broker, &h, r).await,
+        Request::ViewMessageById(r) => view(broker, &h, &r.id).await,
+        Request::QueryConsumerOffset(r) => {
+            match broker.offsets.get(&r.consumer_group, &r.topic, r.queue_id) {
+                Some(offset) => response(&h, Status::Success, &OffsetResponse { offset }),
+                None => error_response(
+                    &h,
+                    Status::QueryNotFound,
+                    format!(
+                        "group {:?} has no offset for {}:{}",
+                        r.consumer_group, r.topic, r.queue_id
+                    ),
+                ),
+            }
+        }
+        Request::UpdateConsumerOffset(r) => {
+            broker
+                .offsets
+                .commit(&r.consumer_group, &r.topic, r.queue_id, r.offset);
+            response(&h, Status::Success, &Empty {})
+        }
+        Request::GetMinOffset(r) => {
+            let (min, _) = queue_range(broker, &r.topic, r.queue_id).await;
+            response(&h, Status::Success, &OffsetResponse { offset: min })
+        }
+        Request::GetMaxOffset(r) => {
+            let (_, max) = queue_range(broker, &r.topic, r.queue_id).await;
+            response(&h, Status::Success, &OffsetResponse { offset: max })
+        }
+        Request::SearchOffsetByTime(r) => {
+            let found = broker
+                .store
+                .offset_for_time(&r.topic, r.queue_id, r.timestamp_ms)
+                .await;
+            let offset = match found {
+                Some(o) => o,
+                None => queue_range(broker, &r.topic, r.queue_id).await.1,
+            };
+            response(&h, Status::Success, &OffsetResponse { offset })
+        }
+        Request::Heartbeat(r) => {
+            broker.clients.heartbeat(r);
+            response(&h, Status::Success, &Empty {})
+        }
+        Request::UnregisterClient(r) => {
+            broker.clients.unregister(&r.client_id);
+            response(&h, Status::Success, &Empty {})
+        }
+        Request::CreateTopic(t) => create_topic(broker, &h, t),
+        Request::DeleteTopic(t) => match broker.store.delete_topic(&t.topic).await {
+            Ok(_) => {
+                broker.offsets.drop_topic(&t.topic);
+                broker.topics_changed();
+                response(&h, Status::Success, &Empty {})
+            }
+            Err(e) => error_response(&h, Status::TopicNotExist, e.to_string()),
+        },
+        Request::GetAllTopicConfig(_) => response(
+            &h,
+            Status::Success,
+            &TopicConfigList {
+                topics: broker.topic_configs(),
+            },
+        ),
+        Request::GetBrokerStatus(_) => response(&h, Status::Success, &status(broker)),
+        Request::GetTopicStats(t) => match broker.store.topic(&t.topic) {
+            None => error_response(
+                &h,
+                Status::TopicNotExist,
+                format!("topic {:?} does not exist", t.topic),
+            ),
+            Some(cfg) => {
+                let mut queues = Vec::new();
+                for q in 0..cfg.read_queues.max(cfg.write_queues) {
+                    let (min, max) = queue_range(broker, &t.topic, q).await;
+                    queues.push(QueueStat {
+                        queue_id: q,
+                        min_offset: min,
+                        max_offset: max,
+                        last_store_timestamp_ms: 0,
+                    });
+                }
+                response(&h, Status::Success, &TopicStats { queues })
+            }
+        },
+        other => error_response(
+            &h,
+            Status::RequestCodeNotSupported,
+            format!("a broker does not serve {}", other.opcode()),
+        ),
+    }
+}
+
+async fn queue_range(broker: &Broker, topic: &str, queue_id: u32) -> (u64, u64) {
+    broker
+        .store
+        .queue_offsets(topic, queue_id)
+        .await
+        .unwrap_or((0, 0))
+}
+
+fn message_input(
+    topic: String,
+    queue_id: u32,
+    e: BatchEntry,
+    sys_flag: u32,
+    reconsume_times: u32,
+    peer: SocketAddr,
+) -> MessageInput {
+    let mut properties = e.properties;
+    if !e.unique_id.is_empty() {
+        properties.push((UNIQ_KEY.into(), e.unique_id));
+    }
+    let mut m = MessageInput::new(topic, queue_id, e.body);
+    m.tags = (!e.tags.is_empty()).then_some(e.tags);
+    m.keys = (!e.keys.is_empty()).then_some(e.keys);
+    m.properties = properties;
+    m.flag = e.flags;
+    m.sys_flag = sys_flag;
+    m.reconsume_times = reconsume_times;
+    m.born_timestamp_ms = e.born_timestamp_ms;
+    m.born_host = peer;
+    m
+}
+
+fn send_result(broker: &Broker, queue_id: u32, r: &PutResult) -> SendResult {
+    SendResult {
+        msg_id: shardmq_engine::msgid::encode(broker.store_host, r.shard, r.offset),
+        queue_id,
+        queue_offset: r.queue_offset.unwrap_or(u64::MAX),
+        store_timestamp_ms: r.store_timestamp_ms,
+    }
+}
+
+async fn send(broker: &Broker, h: &Header, r: SendMessageRequest, peer: SocketAddr) -> Frame {
+    let max = broker.settings.message_max_bytes;
+    if let Err(refusal) = check::check_send(
+        &r.topic,
+        r.body.len(),
+        r.sys_flag,
+        r.delay_level,
+        r.deliver_at_ms,
+        max,
+    ) {
+        broker.metrics.refused.fetch_add(1, Ordering::Relaxed);
+        return refused(h, refusal);
+    }
+    let bytes = r.body.len() as u64;
+    let entry = BatchEntry {
+        unique_id: r.unique_id,
+        tags: r.tags,
+        keys: r.keys,
+        flags: r.flags,
+        born_timestamp_ms: r.born_timestamp_ms,
+        properties: r.properties,
+        body: r.body,
+    };
+    let queue_id = r.queue_id;
+    let msg = message_input(
+        r.topic,
+        queue_id,
+        entry,
+        r.sys_flag,
+        r.reconsume_times,
+        peer,
+    );
+    let created = broker.store.topic(&msg.topic).is_none();
+    match broker.store.put_message(msg).await {
+        Ok(res) => {
+            if created {
+                broker.topics_changed();
+            }
+            broker.metrics.put(1, bytes);
+            match res.status {
+                PutStatus::PutOk => {
+                    response(h, Status::Success, &send_result(broker, queue_id, &res))
+                }
+                PutStatus::FlushDiskTimeout => error_response(
+                    h,
+                    Status::FlushDiskTimeout,
+                    "stored, but no fdatasync covered it within the sync flush timeout",
+                ),
+            }
+        }
+        Err(e) => {
+            broker.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            refused(h, put_refusal(&e))
+        }
+    }
+}
+
+async fn send_batch(
+    broker: &Broker,
+    h: &Header,
+    topic: String,
+    queue_id: u32,
+    entries: Vec<BatchEntry>,
+    peer: SocketAddr,
+) -> Frame {
+    let max = broker.settings.message_max_bytes;
+    let mut bytes = 0u64;
+    for e in &entries {
+        if let Err(refusal) = check::check_send(&topic, e.body.len(), 0, 0, 0, max) {
+            return refused(h, refusal);
+        }
+        bytes += e.body.len() as u64;
+    }
+    if entries.is_empty() {
+        return response(h, Status::Success, &SendBatchResponse { results: vec![] });
+    }
+    let n = entries.len() as u64;
+    let created = broker.store.topic(&topic).is_none();
+    let msgs = entries
+        .into_iter()
+        .map(|e| message_input(topic.clone(), queue_id, e, 0, 0, peer))
+        .collect();
+    match broker.store.put_messages(msgs).await {
+        Ok(results) => {
+            if created {
+                broker.topics_changed();
+            }
+            broker.metrics.put(n, bytes);
+            if results
+                .iter()
+                .any(|r| r.status == PutStatus::FlushDiskTimeout)
+            {
+                return error_response(
+                    h,
+                    Status::FlushDiskTimeout,
+                    "stored, but no fdatasync covered the batch within the sync flush timeout",
+                );
+            }
+            let results = results
+                .iter()
+                .map(|r| send_result(broker, queue_id, r))
+                .collect();
+            response(h, Status::Success, &SendBatchResponse { results })
+        }
+        Err(e) => refused(h, put_refusal(&e)),
+    }
+}
+
+fn wire_message(q: QueueMessage) -> WireMessage {
+    let m = q.message;
+    let prop = |k: &str| m.property(k).unwrap_or_default().to_owned();
+    let (tags, keys, unique_id) = (prop("TAGS"), prop("KEYS"), prop(UNIQ_KEY));
+    WireMessage {
+        topic: m.topic.clone(),
+        queue_id: m.queue_id,
+        queue_offset: q.queue_offset,
+        msg_id: q.msg_id,
+        unique_id,
+        tags,
+        keys,
+        flags: m.flag,
+        sys_flag: m.sys_flag,
+        born_timestamp_ms: m.born_timestamp_ms,
+        store_timestamp_ms: m.store_timestamp_ms,
+        born_host: m.born_host.to_string(),
+        store_host: m.store_host.to_string(),
+        reconsume_times: m.reconsume_times,
+        properties: user_properties(&m),
+        body: m.body,
+    }
+}
+
+/// Properties without the ones that have their own fields.
+fn user_properties(m: &StoredMessage) -> Vec<(String, String)> {
+    m.properties
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "TAGS" | "KEYS" | UNIQ_KEY))
+        .cloned()
+        .collect()
+}
+
+async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest) -> Frame {
+    if broker.store.topic(&r.topic).is_none() {
+        return error_response(
+            h,
+            Status::TopicNotExist,
+            format!("topic {:?} does not exist", r.topic),
+        );
+    }
+    if r.commit_offset >= 0 {
+        broker.offsets.commit(
+            &r.consumer_group,
+            &r.topic,
+            r.queue_id,
+            r.commit_offset as u64,
+        );
+    }
+    let filter = TagFilter::parse(&r.subscription);
+    let get = GetRequest {
+        group: r.consumer_group.clone(),
+        topic: r.topic.clone(),
+        queue_id: r.queue_id,
+        offset: r.queue_offset,
+        max_messages: r.max_msgs.clamp(1, 1024),
+        max_bytes: r.max_bytes.clamp(1, broker.settings.pull_bytes_max),
+        filter,
+    };
+    let mut result = broker.store.get_message(get.clone()).await;
+    let parkable = |s: GetStatus| {
+        matches!(
+            s,
+            GetStatus::NoNewMsg | GetStatus::OffsetOverflowOne | GetStatus::NoMatchedLogicQueue
+        )
+    };
+    if let Ok(res) = &result {
+        if parkable(res.status) && r.suspend_timeout_ms > 0 {
+            let wait = Duration::from_millis(
+                (r.suspend_timeout_ms as u64).min(broker.settings.long_poll_max_ms),
+            );
+            let woken = broker
+                .until_stopped(broker.store.wait_for_message(
+                    &r.topic,
+                    r.queue_id,
+                    r.queue_offset,
+                    wait,
+                ))
+                .await;
+            if woken == Some(true) {
+                result = broker.store.get_message(get).await;
+            }
+        }
+    }
+    let res = match result {
+        Ok(res) => res,
+        Err(e) => return refused(h, read_refusal(&e)),
+    };
+    let status = match res.status {
+        GetStatus::Found => Status::Success,
+        GetStatus::NoNewMsg | GetStatus::OffsetOverflowOne | GetStatus::NoMatchedLogicQueue => {
+            Status::PullNotFound
+        }
+        GetStatus::NoMatchedMsg => Status::PullRetryImmediately,
+        GetStatus::OffsetTooSmall | GetStatus::OffsetOverflowBadly => Status::PullOffsetMoved,
+    };
+    let n = res.messages.len() as u64;
+    let bytes: u64 = res
+        .messages
+        .iter()
+        .map(|m| m.message.body.len() as u64)
+        .sum();
+    broker.metrics.got(n, bytes);
+    let fields = PullMessageResponse {
+        next_begin_offset: res.next_begin_offset,
+        min_offset: res.min_offset,
+        max_offset: res.max_offset,
+        messages: res.messages.into_iter().map(wire_message).collect(),
+    };
+    response(h, status, &fields)
+}
+
+async fn view(broker: &Broker, h: &Header, id: &str) -> Frame {
+    match broker.store.message_by_id(id).await {
+        Ok(m) => {
+            let msg_id = id.to_owned();
+            let q = QueueMessage {
+                queue_offset: m.queue_offset,
+                msg_id,
+                message: m,
+            };
+            response(
+                h,
+                Status::Success,
+                &ViewMessageResponse {
+                    message: wire_message(q),
+                },
+            )
+        }
+        Err(e) => error_response(
+            h,
+            Status::QueryNotFound,
+            format!("no message with id {id:?} on this broker: {e}"),
+        ),
+    }
+}
+
+fn create_topic(broker: &Broker, h: &Header, t: TopicConfigData) -> Frame {
+    if let Err(r) = check::check_topic_name(&t.topic) {
+        return refused(h, r);
+    }
+    let Some(perm) = Perm::from_bits(t.perm) else {
+        return error_response(
+            h,
+            Status::BadRequest,
+            format!("permission bits {:#x} are not valid", t.perm),
+        );
+    };
+    let outcome = if broker.store.topic(&t.topic).is_some() {
+        broker.store.update_topic(
+            &t.topic,
+            TopicUpdate {
+                read_queues: Some(t.read_queues),
+                write_queues: Some(t.write_queues),
+                perm: Some(perm),
+            },
+        )
+    } else {
+        broker
+            .store
+            .create_topic(&t.topic, t.read_queues, t.write_queues, perm)
+    };
+    match outcome {
+        Ok(_) => {
+            broker.topics_changed();
+            response(h, Status::Success, &Empty {})
+        }
+        Err(e) => error_response(h, Status::BadRequest, e.to_string()),
+    }
+}
+
+fn status(broker: &Broker) -> KeyValues {
+    let m = &broker.metrics;
+    let mut entries = vec![
+        ("version".to_owned(), env!("CARGO_PKG_VERSION").to_owned()),
+        (
+            "broker_name".to_owned(),
+            broker.settings.broker_name.clone(),
+        ),
+        ("cluster".to_owned(), broker.settings.cluster.clone()),
+        (
+            "flush_mode".to_owned(),
+            format!("{:?}", broker.store.config().flush_mode),
+        ),
+        ("shards".to_owned(), broker.store.shards().to_string()),
+        ("topics".to_owned(), broker.store.topics().len().to_string()),
+        (
+            "put_messages".to_owned(),
+            m.put_messages.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "put_bytes".to_owned(),
+            m.put_bytes.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "get_messages".to_owned(),
+            m.get_messages.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "get_bytes".to_owned(),
+            m.get_bytes.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "refused".to_owned(),
+            m.refused.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "busy".to_owned(),
+            m.busy.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "connections".to_owned(),
+            m.connections.load(Ordering::Relaxed).to_string(),
+        ),
+        ("clients".to_owned(), broker.clients.count().to_string()),
+    ];
+    for shard in 0..broker.store.shards() {
+        if let Some((min, max)) = broker.store.offsets(shard) {
+            entries.push((
+                format!("commitlog_{shard}"),
+                format!("written {min}, flushed {max}"),
+            ));
+        }
+    }
+    KeyValues { entries }
+}

@@ -1,0 +1,242 @@
+//! The broker: the engine behind the wire protocol. One listener per shard on the same port
+//! (SO_REUSEPORT spreads connections), each connection served on its shard (`conn.rs`), each
+//! request answered there (`handler.rs`) after the checks of `check.rs`.
+
+pub mod check;
+pub mod clients;
+pub mod conn;
+pub mod handler;
+pub mod metrics;
+pub mod offsets;
+mod register;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shardmq_engine::{Store, StoreConfig};
+use shardmq_protocol::message::TopicConfigData;
+
+use crate::config::{ms, BrokerSettings};
+use clients::Clients;
+use metrics::Metrics;
+use offsets::ConsumerOffsets;
+
+/// What every shard's connections share.
+pub struct Broker {
+    pub store: Store,
+    pub settings: BrokerSettings,
+    pub offsets: ConsumerOffsets,
+    pub clients: Clients,
+    pub metrics: Metrics,
+    /// The host written into message ids.
+    pub store_host: SocketAddr,
+    stopping: AtomicBool,
+    /// Dropped when the broker stops: every `stopped()` future then resolves.
+    stop_tx: Mutex<Option<flume::Sender<()>>>,
+    stop_rx: flume::Receiver<()>,
+    requests: AtomicUsize,
+    /// Wakes the registration thread when the topic table changed.
+    topics_tx: flume::Sender<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot open the store: {0}")]
+    Store(#[from] shardmq_engine::OpenError),
+    #[error(transparent)]
+    Offsets(#[from] offsets::OffsetsError),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: SocketAddr, reason: String },
+}
+
+/// A running broker.
+pub struct BrokerHandle {
+    pub broker: Arc<Broker>,
+    /// The address clients connect to (the port actually bound).
+    pub addr: SocketAddr,
+    /// The address registered with NameServers.
+    pub advertised: String,
+    accept_tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Option<()>> + Send>>>,
+    register: register::Registrar,
+    persister: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Broker {
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the broker stops.
+    pub async fn stopped(&self) {
+        let _ = self.stop_rx.recv_async().await;
+    }
+
+    /// Runs `f` unless the broker stops first (`None` then).
+    pub async fn until_stopped<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(f.await) }, async {
+            self.stopped().await;
+            None
+        })
+        .await
+    }
+
+    pub fn requests_begin(&self) {
+        self.requests.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn requests_end(&self) {
+        self.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub fn topics_changed(&self) {
+        let _ = self.topics_tx.try_send(());
+    }
+
+    pub fn topic_configs(&self) -> Vec<TopicConfigData> {
+        self.store
+            .topics()
+            .into_iter()
+            .map(|t| TopicConfigData {
+                topic: t.name,
+                read_queues: t.read_queues,
+                write_queues: t.write_queues,
+                perm: t.perm.bits(),
+                order: false,
+            })
+            .collect()
+    }
+}
+
+/// Opens the store and starts serving: listeners on every shard, registration with the
+/// NameServers, and the consumer-offset persister.
+pub fn start(
+    settings: BrokerSettings,
+    store_config: StoreConfig,
+    namesrv: Vec<String>,
+) -> Result<BrokerHandle, BrokerError> {
+    let store_host = store_config.store_host;
+    let offsets = ConsumerOffsets::open(&store_config.store_path)?;
+    let store = Store::open(store_config)?;
+    let (stop_tx, stop_rx) = flume::bounded(1);
+    let (topics_tx, topics_rx) = flume::bounded(1);
+    let broker = Arc::new(Broker {
+        store: store.clone(),
+        settings: settings.clone(),
+        offsets,
+        clients: Clients::default(),
+        metrics: Metrics::default(),
+        store_host,
+        stopping: AtomicBool::new(false),
+        stop_tx: Mutex::new(Some(stop_tx)),
+        stop_rx,
+        requests: AtomicUsize::new(0),
+        topics_tx,
+    });
+    // Shard 0 binds first (port 0 becomes a real port); the others join it on that port.
+    let mut addr = settings.listen;
+    let mut accept_tasks = Vec::new();
+    for shard in 0..store.shards() {
+        let (b, want) = (broker.clone(), addr);
+        let (tx, rx) = flume::bounded(1);
+        let task = store.spawn_on(shard, move || async move {
+            match TcpListenerBind::bind(want) {
+                Ok(l) => {
+                    let _ = tx.send(Ok(l.local_addr().unwrap_or(want)));
+                    conn::accept_loop(b, l).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.to_string()));
+                }
+            }
+        });
+        accept_tasks.push(Box::pin(task) as std::pin::Pin<Box<_>>);
+        let bound = rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| BrokerError::Listen {
+                addr: want,
+                reason: format!("shard {shard} did not start its listener"),
+            })?
+            .map_err(|reason| BrokerError::Listen { addr: want, reason })?;
+        addr = bound;
+    }
+    let advertised = settings.advertise.clone().unwrap_or_else(|| {
+        let ip = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        format!("{ip}:{}", addr.port())
+    });
+    let register =
+        register::Registrar::start(broker.clone(), advertised.clone(), namesrv, topics_rx);
+    let persister = {
+        let b = broker.clone();
+        let every = ms(settings.offsets_persist_interval_ms);
+        std::thread::Builder::new()
+            .name("offsets-persist".into())
+            .spawn(move || loop {
+                let stopped = b
+                    .stop_rx
+                    .recv_timeout(every)
+                    .is_err_and(|e| matches!(e, flume::RecvTimeoutError::Disconnected));
+                if let Err(e) = b.offsets.persist() {
+                    tracing::error!(error = %e, "cannot persist consumer offsets");
+                }
+                b.clients.expire(Duration::from_secs(120));
+                if stopped {
+                    return;
+                }
+            })
+            .ok()
+    };
+    tracing::info!(%addr, %advertised, shards = store.shards(), "broker listening");
+    Ok(BrokerHandle {
+        broker,
+        addr,
+        advertised,
+        accept_tasks,
+        register,
+        persister,
+    })
+}
+
+/// glommio's listener, named for what it does here (it sets SO_REUSEPORT itself).
+struct TcpListenerBind;
+
+impl TcpListenerBind {
+    fn bind(addr: SocketAddr) -> std::io::Result<glommio::net::TcpListener> {
+        glommio::net::TcpListener::bind(addr).map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+impl BrokerHandle {
+    /// A graceful stop: refuse new requests and connections, let in-flight ones finish (parked
+    /// pulls are answered at once), flush the store, persist offsets, unregister from the
+    /// NameServers.
+    pub fn shutdown(self) -> Result<(), String> {
+        let b = &self.broker;
+        b.stopping.store(true, Ordering::Release);
+        drop(b.stop_tx.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let deadline = Instant::now() + ms(b.settings.shutdown_grace_ms);
+        while b.requests.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for t in self.accept_tasks {
+            let _ = futures_lite::future::block_on(t);
+        }
+        self.register.stop();
+        if let Some(p) = self.persister {
+            let _ = p.join();
+        }
+        let mut result = Ok(());
+        if let Err(e) = b.offsets.persist() {
+            result = Err(format!("cannot persist consumer offsets: {e}"));
+        }
+        if let Err(e) = futures_lite::future::block_on(b.store.clone().shutdown()) {
+            result = Err(format!("store shutdown: {e}"));
+        }
+        result
+    }
+}
