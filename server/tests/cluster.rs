@@ -1,0 +1,161 @@
+//! NameServer and brokers as separate processes: routes follow registrations, a silent broker
+//! expires, a stopped one unregisters, and the README's admin round trip works.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn admin(namesrv: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .arg("admin")
+        .arg("--namesrv")
+        .arg(namesrv)
+        .args(args)
+        .output()
+        .expect("run shardmq admin");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn admin_send_and_consume_round_trip_a_message_as_the_readme_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(dir.path(), &[]);
+    let ns = broker.get("namesrv");
+    let (ok, out, err) = admin(
+        &ns,
+        &["topic", "create", "--topic", "Hello", "--queues", "4"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("4 read / 4 write queues"), "{out}");
+    let (ok, out, err) = admin(
+        &ns,
+        &[
+            "send", "--topic", "Hello", "--tag", "T1", "--key", "k1", "--body", "hi there",
+            "--count", "2",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let id = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("msg_id="))
+        .unwrap()
+        .to_owned();
+    let (ok, out, err) = admin(
+        &ns,
+        &[
+            "consume",
+            "--topic",
+            "Hello",
+            "--group",
+            "g",
+            "--count",
+            "2",
+            "--from-beginning",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("body=hi there").count(), 2, "{out}");
+    assert!(out.contains("tags=T1") && out.contains("keys=k1"), "{out}");
+    // The group's offsets were committed: nothing more for it.
+    let (ok, _, err) = admin(
+        &ns,
+        &[
+            "consume",
+            "--topic",
+            "Hello",
+            "--group",
+            "g",
+            "--count",
+            "1",
+            "--timeout-ms",
+            "300",
+        ],
+    );
+    assert!(!ok && err.contains("got 0 of 1"), "{err}");
+    let (ok, out, _) = admin(&ns, &["message", "--id", &id]);
+    assert!(ok && out.contains("body=hi there"), "{out}");
+    let (ok, out, _) = admin(&ns, &["queue", "offsets", "--topic", "Hello"]);
+    assert!(ok && out.lines().count() == 5, "{out}");
+}
+
+fn route_has_broker(ns: &str, topic: &str) -> bool {
+    let (ok, out, _) = admin(ns, &["topic", "route", "--topic", topic]);
+    ok && out.contains("broker\t")
+}
+
+#[test]
+fn a_silent_broker_leaves_the_routes_and_a_stopped_one_unregisters() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ns.toml");
+    std::fs::write(
+        &cfg,
+        "[namesrv]\nbroker_ttl_ms = 1500\nscan_interval_ms = 100\n[broker]\nregister_interval_ms = 200\n",
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let ns = spawn(
+        &["namesrv", "--listen", "127.0.0.1:0", "--config", cfg],
+        dir.path(),
+        "namesrv",
+    );
+    let ns_addr = ns.get("namesrv");
+    let start_broker = |name: &str| {
+        let data = dir.path().join(name);
+        spawn(
+            &[
+                "broker",
+                "--config",
+                cfg,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                "1",
+                "--namesrv",
+                &ns_addr,
+                "--broker-name",
+                name,
+            ],
+            dir.path(),
+            name,
+        )
+    };
+    let mut a = start_broker("broker-a");
+    let mut b = start_broker("broker-b");
+    for (p, t) in [(&a, "OnA"), (&b, "OnB")] {
+        let mut c = connect(&p.get("broker"));
+        create_topic(&mut c, t, 2);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(route_has_broker(&ns_addr, "OnA") && route_has_broker(&ns_addr, "OnB")) {
+        assert!(Instant::now() < deadline, "both brokers should register");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGKILL: no unregister; the NameServer drops it once it has been silent past the TTL.
+    a.kill9();
+    let killed = Instant::now();
+    while route_has_broker(&ns_addr, "OnA") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "the silent broker should expire"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1000),
+        "not before the TTL"
+    );
+    // SIGTERM: a graceful stop unregisters at once and exits 0.
+    let status = b.term();
+    assert!(status.success(), "{status:?}\n{}", b.log_text());
+    assert!(!route_has_broker(&ns_addr, "OnB"));
+}

@@ -1,0 +1,146 @@
+//! Real `shardmq` processes for the integration tests: each on free ports (port 0, read back
+//! from the start-up line), in its own temporary directory, killed when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use shardmq_protocol::message::{TopicConfigData, PULL_TYPED};
+use shardmq_protocol::{decode_reply, Reply, Request, Status, Wire};
+use shardmq_server::rpc::Conn;
+
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Proc {
+    pub child: Child,
+    pub ready: serde_json::Value,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn get(&self, key: &str) -> String {
+        self.ready[key].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn term(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().expect("wait for the broker")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `shardmq ARGS` and waits for its start-up line (the process's log goes to
+/// `log_dir/<name>.log`).
+pub fn spawn(args: &[&str], log_dir: &Path, name: &str) -> Proc {
+    let log = log_dir.join(format!("{name}.log"));
+    let err = std::fs::File::create(&log).expect("create the log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args(args)
+        .env("SHARDMQ_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(err)
+        .spawn()
+        .expect("start shardmq");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
+    let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!(
+            "shardmq {args:?} did not start: {line:?}\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        )
+    });
+    Proc { child, ready, log }
+}
+
+/// `shardmq standalone` on free ports with its data in `dir/data`.
+pub fn standalone(dir: &Path, extra: &[&str]) -> Proc {
+    let data = dir.join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let mut args = vec![
+        "standalone",
+        "--data-dir",
+        data,
+        "--listen",
+        "127.0.0.1:0",
+        "--namesrv-listen",
+        "127.0.0.1:0",
+        "--shards",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    spawn(&args, dir, "standalone")
+}
+
+pub fn connect(addr: &str) -> Conn {
+    Conn::connect(addr, TIMEOUT).expect("connect")
+}
+
+/// A call that must succeed with typed fields `T` (or one of `typed`'s statuses).
+pub fn call<T: Wire + std::fmt::Debug>(
+    conn: &mut Conn,
+    req: &Request,
+    typed: &[Status],
+) -> (Status, T) {
+    let frame = conn.call(req).expect("call");
+    match decode_reply::<T>(&frame, typed).expect("decodable reply") {
+        Reply::Typed(s, v) => (s, v),
+        Reply::Error(s, remark) => panic!("{} failed: {s}: {remark}", req.opcode()),
+    }
+}
+
+/// A call expected to fail: its status and remark.
+pub fn call_err(conn: &mut Conn, req: &Request) -> (Status, String) {
+    let frame = conn.call(req).expect("call");
+    match decode_reply::<shardmq_protocol::message::Empty>(&frame, &[]) {
+        Ok(Reply::Error(s, remark)) => (s, remark),
+        other => panic!("{} should have failed, got {other:?}", req.opcode()),
+    }
+}
+
+pub fn create_topic(conn: &mut Conn, topic: &str, queues: u32) {
+    let _: (Status, shardmq_protocol::message::Empty) = call(
+        conn,
+        &Request::CreateTopic(TopicConfigData {
+            topic: topic.into(),
+            read_queues: queues,
+            write_queues: queues,
+            perm: 6,
+            order: false,
+        }),
+        &[],
+    );
+}
+
+pub const PULL: &[Status] = PULL_TYPED;
