@@ -126,17 +126,58 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Environment variables naming a key: `SHARDMQ_CFG__<TABLE>__<KEY>` (levels separated by
+/// two underscores, any case), e.g. `SHARDMQ_CFG__BROKER__LONG_POLL_MAX_MS=5000`.
+pub const ENV_PREFIX: &str = "SHARDMQ_CFG__";
+
 impl ServerConfig {
     /// Loads a TOML file (missing tables and keys take their defaults).
     pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        })
+        ServerConfig::layered(Some(path), std::iter::empty(), &[])
+    }
+
+    /// The configuration from its layers, each overriding the one before: the defaults, the
+    /// TOML file, environment variables (`ENV_PREFIX`), then `--set table.key=value` flags.
+    /// A value is read as TOML (`5000`, `true`, `"text"`, `[1, 2]`), else as a string.
+    pub fn layered(
+        file: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+        sets: &[String],
+    ) -> Result<ServerConfig, ConfigError> {
+        let mut table = match file {
+            None => toml::Table::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|source| ConfigError::Parse {
+                        path: path.to_owned(),
+                        source: Box::new(source),
+                    })?
+            }
+        };
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            set_key(&mut table, &key, &value)?;
+        }
+        for s in sets {
+            let (key, value) = s.split_once('=').ok_or_else(|| {
+                ConfigError::Invalid(format!("--set {s:?}: expected table.key=value"))
+            })?;
+            set_key(&mut table, key.trim(), value.trim())?;
+        }
+        let origin = file.map(Path::to_owned).unwrap_or_else(|| "(flags)".into());
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|source| ConfigError::Parse {
+                path: origin,
+                source: Box::new(source),
+            })
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -170,6 +211,33 @@ impl ServerConfig {
     }
 }
 
+/// Sets `a.b.c = value` in `table`, creating the tables on the way.
+fn set_key(table: &mut toml::Table, key: &str, value: &str) -> Result<(), ConfigError> {
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Invalid(format!(
+            "bad configuration key {key:?}"
+        )));
+    }
+    let parsed = format!("v = {value}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+    let (last, path) = parts.split_last().expect("non-empty");
+    let mut at = table;
+    for p in path {
+        let entry = at
+            .entry(p.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = entry.as_table_mut().ok_or_else(|| {
+            ConfigError::Invalid(format!("{key:?}: {p:?} is a value, not a table"))
+        })?;
+    }
+    at.insert(last.to_string(), parsed);
+    Ok(())
+}
+
 /// `a:1;b:2` → `["a:1", "b:2"]`.
 pub fn split_addrs(s: &str) -> Vec<String> {
     s.split(';')
@@ -197,5 +265,38 @@ mod tests {
         c.validate().unwrap();
         assert!(toml::from_str::<ServerConfig>("[broker]\nlisten_port = 1\n").is_err());
         assert_eq!(split_addrs(" a:1; ;b:2"), vec!["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[broker]\nlong_poll_max_ms = 1\ncluster = \"F\"\n").unwrap();
+        let env = vec![
+            (
+                "SHARDMQ_CFG__BROKER__LONG_POLL_MAX_MS".to_owned(),
+                "2".to_owned(),
+            ),
+            (
+                "SHARDMQ_CFG__STORE__RETENTION__FILE_RESERVED_HOURS".to_owned(),
+                "5".to_owned(),
+            ),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let c = ServerConfig::layered(
+            Some(&file),
+            env.into_iter(),
+            &[
+                "broker.broker_name=b9".into(),
+                "broker.long_poll_max_ms = 3".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.broker.long_poll_max_ms, 3);
+        assert_eq!(c.broker.cluster, "F");
+        assert_eq!(c.broker.broker_name, "b9");
+        assert_eq!(c.store.retention.file_reserved_hours, 5);
+        let bad = ServerConfig::layered(None, std::iter::empty(), &["broker.nope=1".into()]);
+        assert!(bad.is_err());
     }
 }

@@ -40,6 +40,11 @@ struct BrokerFlags {
     /// sync (SYNC_FLUSH: acknowledged after an fdatasync) or async (ASYNC_FLUSH).
     #[arg(long, env = "SHARDMQ_FLUSH", value_parser = parse_flush)]
     flush: Option<FlushMode>,
+    /// Any configuration key: `--set broker.long_poll_max_ms=5000` (repeatable; see
+    /// docs/config.md). Environment variables `SHARDMQ_CFG__BROKER__LONG_POLL_MAX_MS=5000`
+    /// set keys too; flags win over the environment, which wins over the file.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -58,6 +63,9 @@ enum Command {
         listen: Option<SocketAddr>,
         #[arg(long, env = "SHARDMQ_CONFIG")]
         config: Option<PathBuf>,
+        /// Any configuration key (see `standalone --help`).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
     },
     /// A broker registering with NameServers.
     Broker {
@@ -86,11 +94,8 @@ fn parse_flush(s: &str) -> Result<FlushMode, String> {
     }
 }
 
-fn load(config: &Option<PathBuf>) -> Result<ServerConfig, String> {
-    match config {
-        Some(p) => ServerConfig::load(p).map_err(|e| e.to_string()),
-        None => Ok(ServerConfig::default()),
-    }
+fn load(config: &Option<PathBuf>, sets: &[String]) -> Result<ServerConfig, String> {
+    ServerConfig::layered(config.as_deref(), std::env::vars(), sets).map_err(|e| e.to_string())
 }
 
 fn apply(c: &mut ServerConfig, f: &BrokerFlags) {
@@ -121,14 +126,18 @@ fn main() -> ExitCode {
         Command::Standalone {
             flags,
             namesrv_listen,
-        } => load(&flags.config).and_then(|mut c| {
+        } => load(&flags.config, &flags.sets).and_then(|mut c| {
             apply(&mut c, &flags);
             if let Some(l) = namesrv_listen {
                 c.namesrv.listen = l;
             }
             run(c, true)
         }),
-        Command::Namesrv { listen, config } => load(&config).and_then(|mut c| {
+        Command::Namesrv {
+            listen,
+            config,
+            sets,
+        } => load(&config, &sets).and_then(|mut c| {
             if let Some(l) = listen {
                 c.namesrv.listen = l;
             }
@@ -140,7 +149,7 @@ fn main() -> ExitCode {
             cluster,
             broker_name,
             broker_id,
-        } => load(&flags.config).and_then(|mut c| {
+        } => load(&flags.config, &flags.sets).and_then(|mut c| {
             apply(&mut c, &flags);
             if let Some(n) = namesrv {
                 c.broker.namesrv = n;

@@ -391,6 +391,17 @@ async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest) -> Frame {
 }
 
 async fn view(broker: &Broker, h: &Header, id: &str) -> Frame {
+    // An id names its broker: another broker's id is not looked up here.
+    let ours = shardmq_engine::msgid::decode(id)
+        .map(|(shard, offset)| shardmq_engine::msgid::encode(broker.store_host, shard, offset))
+        .is_some_and(|again| again.eq_ignore_ascii_case(id));
+    if !ours {
+        return error_response(
+            h,
+            Status::QueryNotFound,
+            format!("{id:?} is not a message id of this broker"),
+        );
+    }
     match broker.store.message_by_id(id).await {
         Ok(m) => {
             let msg_id = id.to_owned();

@@ -113,9 +113,33 @@ impl Broker {
 /// NameServers, and the consumer-offset persister.
 pub fn start(
     settings: BrokerSettings,
-    store_config: StoreConfig,
+    mut store_config: StoreConfig,
     namesrv: Vec<String>,
 ) -> Result<BrokerHandle, BrokerError> {
+    // Port 0: take a free port now, so that message ids (which encode the broker's address)
+    // and the registration carry the real one.
+    let mut listen = settings.listen;
+    if listen.port() == 0 {
+        let port = std::net::TcpListener::bind(listen)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| BrokerError::Listen {
+                addr: listen,
+                reason: e.to_string(),
+            })?
+            .port();
+        listen.set_port(port);
+    }
+    let advertised = settings.advertise.clone().unwrap_or_else(|| {
+        let ip = if listen.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            listen.ip().to_string()
+        };
+        format!("{ip}:{}", listen.port())
+    });
+    if let Ok(a) = advertised.parse() {
+        store_config.store_host = a;
+    }
     let store_host = store_config.store_host;
     let offsets = ConsumerOffsets::open(&store_config.store_path)?;
     let store = Store::open(store_config)?;
@@ -134,8 +158,8 @@ pub fn start(
         requests: AtomicUsize::new(0),
         topics_tx,
     });
-    // Shard 0 binds first (port 0 becomes a real port); the others join it on that port.
-    let mut addr = settings.listen;
+    // Every shard binds the same port (SO_REUSEPORT).
+    let mut addr = listen;
     let mut accept_tasks = Vec::new();
     for shard in 0..store.shards() {
         let (b, want) = (broker.clone(), addr);
@@ -161,14 +185,6 @@ pub fn start(
             .map_err(|reason| BrokerError::Listen { addr: want, reason })?;
         addr = bound;
     }
-    let advertised = settings.advertise.clone().unwrap_or_else(|| {
-        let ip = if addr.ip().is_unspecified() {
-            "127.0.0.1".to_owned()
-        } else {
-            addr.ip().to_string()
-        };
-        format!("{ip}:{}", addr.port())
-    });
     let register =
         register::Registrar::start(broker.clone(), advertised.clone(), namesrv, topics_rx);
     let persister = {
