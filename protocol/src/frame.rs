@@ -5,13 +5,14 @@
 //!      0     4  length      u32 BE: bytes after this field (header rest + fields + body)
 //!      4     2  magic       0x53 0x4D ("SM")
 //!      6     1  version     1
-//!      7     1  flags       bit 0 response, bit 1 oneway; other bits must be 0
+//!      7     1  flags       bit 0 response, bit 1 oneway (a request's only); other bits 0
 //!      8     2  opcode      u16 BE (a response repeats its request's)
 //!     10     2  status      u16 BE (0 in requests)
 //!     12     8  request id  u64 BE (a response repeats its request's)
 //!     20     4  fields len  u32 BE
 //!     24     F  fields      the opcode's typed fields (`message.rs`)
-//!   24+F     B  body        the rest: message bytes (send, pull, view) or empty
+//!   24+F     B  body        the rest: reserved, empty in version 1 (requests with a
+//!                           body are refused; message bodies travel in the fields)
 //! ```
 //!
 //! The decoder is sans-IO: it looks at bytes the caller read and takes whole frames off the
@@ -42,7 +43,7 @@ pub enum FrameError {
     BadMagic { found: u16 },
     #[error("protocol version {found} is not supported (this side speaks {VERSION})")]
     UnsupportedVersion { found: u8 },
-    #[error("unknown flag bits {bits:#04x}")]
+    #[error("flag bits {bits:#04x} are unknown or contradict each other (a oneway response)")]
     UnknownFlags { bits: u8 },
     #[error("fields length {fields} runs past the frame's {available} bytes after the header")]
     FieldsOverrun { fields: u32, available: u32 },
@@ -219,7 +220,8 @@ impl FrameDecoder {
             return Err(FrameError::UnsupportedVersion { found: version });
         }
         let fl = h.get_u8();
-        if fl & !flags::KNOWN != 0 {
+        let response_and_oneway = flags::RESPONSE | flags::ONEWAY;
+        if fl & !flags::KNOWN != 0 || fl & response_and_oneway == response_and_oneway {
             return Err(FrameError::UnknownFlags { bits: fl });
         }
         h.advance(2 + 2 + 8);
@@ -334,7 +336,7 @@ mod tests {
     proptest! {
         #[test]
         fn any_frame_round_trips(
-            flags in 0u8..=3, opcode: u16, status: u16, id: u64,
+            flags in 0u8..=2, opcode: u16, status: u16, id: u64,
             fields in proptest::collection::vec(any::<u8>(), 0..300),
             body in proptest::collection::vec(any::<u8>(), 0..300),
         ) {

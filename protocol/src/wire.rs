@@ -23,7 +23,7 @@ pub enum FieldError {
     #[error("{extra} bytes left over after the last field")]
     TrailingBytes { extra: usize },
     #[error(
-        "a list claims {count} elements; {left} bytes are left and at most {LIST_MAX} are allowed"
+        "a list claims {count} elements; {left} bytes are left and at most {LIST_MAX} are allowed in all"
     )]
     ListTooLong { count: u32, left: usize },
 }
@@ -32,11 +32,16 @@ pub enum FieldError {
 #[derive(Debug, Clone)]
 pub struct Reader {
     buf: Bytes,
+    /// List elements the rest of this decode may still hold, across all (nested) lists.
+    elements_left: u32,
 }
 
 impl Reader {
     pub fn new(buf: Bytes) -> Self {
-        Reader { buf }
+        Reader {
+            buf,
+            elements_left: LIST_MAX,
+        }
     }
 
     pub fn remaining(&self) -> usize {
@@ -94,7 +99,7 @@ impl Reader {
     }
 }
 
-/// Elements a list may hold.
+/// List elements one decode (a frame's fields) may hold in all, nested lists included.
 pub const LIST_MAX: u32 = 65_536;
 
 /// A value with a field encoding.
@@ -177,6 +182,10 @@ impl Wire for Bytes {
 impl<T: Wire> Wire for Vec<T> {
     const MIN_LEN: usize = 4;
     fn put(&self, w: &mut BytesMut) {
+        debug_assert!(
+            self.len() <= LIST_MAX as usize,
+            "a list the peer would refuse"
+        );
         w.put_u32(self.len() as u32);
         for v in self {
             v.put(w);
@@ -187,12 +196,17 @@ impl<T: Wire> Wire for Vec<T> {
         // Each element takes at least MIN_LEN bytes: a count the bytes left cannot hold is a
         // lie, refused before anything is reserved for it. The element cap bounds what a
         // frame of many tiny elements decodes to in memory.
-        if count > LIST_MAX || (count as usize).saturating_mul(T::MIN_LEN.max(1)) > r.remaining() {
+        // The element budget is shared by every list of one decode, nested ones included, so
+        // lists of lists cannot multiply it.
+        if count > r.elements_left
+            || (count as usize).saturating_mul(T::MIN_LEN.max(1)) > r.remaining()
+        {
             return Err(FieldError::ListTooLong {
                 count,
                 left: r.remaining(),
             });
         }
+        r.elements_left -= count;
         let mut out = Vec::with_capacity(count as usize);
         for _ in 0..count {
             out.push(T::get(r, what)?);
@@ -352,6 +366,19 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn nested_lists_share_one_element_budget() {
+        let inner: Vec<u8> = vec![1; 300];
+        let outer: Vec<Vec<u8>> = vec![inner; 250]; // 75 000 elements in all
+        let err = from_bytes::<Vec<Vec<u8>>>(to_bytes(&outer), "nested").unwrap_err();
+        assert!(matches!(err, FieldError::ListTooLong { .. }), "{err}");
+        let fits: Vec<Vec<u8>> = vec![vec![1; 300]; 200]; // 60 200
+        assert_eq!(
+            from_bytes::<Vec<Vec<u8>>>(to_bytes(&fits), "n").unwrap(),
+            fits
+        );
     }
 
     #[test]

@@ -45,6 +45,8 @@ pub struct BrokerSettings {
     pub offsets_persist_interval_ms: u64,
     /// How long a graceful stop waits for in-flight requests.
     pub shutdown_grace_ms: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for BrokerSettings {
@@ -66,6 +68,7 @@ impl Default for BrokerSettings {
             pull_bytes_max: 4 << 20,
             offsets_persist_interval_ms: 5_000,
             shutdown_grace_ms: 20_000,
+            metrics_listen: None,
         }
     }
 }

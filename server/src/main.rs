@@ -40,6 +40,9 @@ struct BrokerFlags {
     /// sync (SYNC_FLUSH: acknowledged after an fdatasync) or async (ASYNC_FLUSH).
     #[arg(long, env = "SHARDMQ_FLUSH", value_parser = parse_flush)]
     flush: Option<FlushMode>,
+    /// Serve Prometheus metrics here (`GET /metrics`); off by default.
+    #[arg(long, env = "SHARDMQ_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Any configuration key: `--set broker.long_poll_max_ms=5000` (repeatable; see
     /// docs/config.md). Environment variables `SHARDMQ_CFG__BROKER__LONG_POLL_MAX_MS=5000`
     /// set keys too; flags win over the environment, which wins over the file.
@@ -110,6 +113,9 @@ fn apply(c: &mut ServerConfig, f: &BrokerFlags) {
     }
     if let Some(m) = f.flush {
         c.store.flush_mode = m;
+    }
+    if let Some(m) = f.metrics_listen {
+        c.broker.metrics_listen = Some(m);
     }
 }
 
@@ -234,6 +240,7 @@ fn run(mut c: ServerConfig, standalone: bool) -> Result<(), String> {
         "advertised": handle.advertised,
         "namesrv": namesrv.join(";"),
         "data_dir": data_dir.display().to_string(),
+        "metrics": handle.metrics_addr.map(|a| a.to_string()),
     }));
     wait_for_signal()?;
     let result = handle.shutdown();

@@ -272,3 +272,45 @@ fn requests_past_the_in_flight_cap_get_system_busy_and_succeed_once_it_eases() {
     assert_eq!(ok.header.request_id, 6);
     assert_eq!(ok.header.status(), Some(Status::Success));
 }
+
+#[test]
+fn the_metrics_endpoint_counts_sends_latencies_and_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(dir.path(), &["--metrics-listen", "127.0.0.1:0"]);
+    let mut conn = connect(&broker.get("broker"));
+    create_topic(&mut conn, "Metered", 1);
+    for _ in 0..3 {
+        let _: (_, SendResult) = call(
+            &mut conn,
+            &send_req("Metered", 0, Bytes::from_static(b"abc")),
+            &[],
+        );
+    }
+    let _: (_, Empty) = call(
+        &mut conn,
+        &Request::UpdateConsumerOffset(shardmq_protocol::message::UpdateConsumerOffsetRequest {
+            consumer_group: "g".into(),
+            topic: "Metered".into(),
+            queue_id: 0,
+            offset: 1,
+        }),
+        &[],
+    );
+    let mut http = TcpStream::connect(broker.get("metrics")).unwrap();
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    http.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("\nshardmq_put_messages_total 3\n"), "{text}");
+    assert!(text.contains("\nshardmq_put_bytes_total 9\n"), "{text}");
+    assert!(
+        text.contains("\nshardmq_put_latency_seconds_count 3\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("shardmq_consumer_lag_messages{group=\"g\",topic=\"Metered\",queue=\"0\"} 2"),
+        "{text}"
+    );
+    assert!(text.contains("shardmq_disk_used_ratio "), "{text}");
+}

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shardmq_engine::{
     GetRequest, GetStatus, MessageInput, Perm, PutResult, PutStatus, QueueMessage, StoredMessage,
@@ -34,9 +34,24 @@ pub async fn handle(broker: &Broker, frame: Frame, peer: SocketAddr) -> Frame {
         Err(e) => return error_response(&h, e.status(), e.to_string()),
     };
     match req {
-        Request::SendMessage(r) => send(broker, &h, r, peer).await,
-        Request::SendBatch(r) => send_batch(broker, &h, r.topic, r.queue_id, r.entries, peer).await,
-        Request::PullMessage(r) => pull(broker, &h, r).await,
+        Request::SendMessage(r) => {
+            let t = Instant::now();
+            let reply = send(broker, &h, r, peer).await;
+            broker.metrics.put_latency.record(t.elapsed());
+            reply
+        }
+        Request::SendBatch(r) => {
+            let t = Instant::now();
+            let reply = send_batch(broker, &h, r.topic, r.queue_id, r.entries, peer).await;
+            broker.metrics.put_latency.record(t.elapsed());
+            reply
+        }
+        Request::PullMessage(r) => {
+            let t = Instant::now();
+            let reply = pull(broker, &h, r).await;
+            broker.metrics.pull_latency.record(t.elapsed());
+            reply
+        }
         Request::ViewMessageById(r) => view(broker, &h, &r.id).await,
         Request::QueryConsumerOffset(r) => {
             match broker.offsets.get(&r.consumer_group, &r.topic, r.queue_id) {

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod clients;
 pub mod conn;
+mod exporter;
 pub mod handler;
 pub mod metrics;
 pub mod offsets;
@@ -58,6 +59,8 @@ pub struct BrokerHandle {
     pub addr: SocketAddr,
     /// The address registered with NameServers.
     pub advertised: String,
+    /// The metrics endpoint, when `broker.metrics_listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     accept_tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = Option<()>> + Send>>>,
     register: register::Registrar,
     persister: Option<std::thread::JoinHandle<()>>,
@@ -207,11 +210,21 @@ pub fn start(
             })
             .ok()
     };
+    let metrics_addr = match settings.metrics_listen {
+        Some(m) => Some(
+            exporter::start(broker.clone(), m).map_err(|e| BrokerError::Listen {
+                addr: m,
+                reason: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
     tracing::info!(%addr, %advertised, shards = store.shards(), "broker listening");
     Ok(BrokerHandle {
         broker,
         addr,
         advertised,
+        metrics_addr,
         accept_tasks,
         register,
         persister,

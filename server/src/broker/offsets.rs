@@ -92,6 +92,14 @@ impl ConsumerOffsets {
             .copied()
     }
 
+    /// Every committed offset: (group, topic, queue, offset).
+    pub fn all(&self) -> Vec<(String, String, u32, u64)> {
+        self.lock()
+            .iter()
+            .map(|((g, t, q), o)| (g.clone(), t.clone(), *q, *o))
+            .collect()
+    }
+
     /// Forgets a deleted topic's offsets.
     pub fn drop_topic(&self, topic: &str) {
         self.lock().retain(|(_, t, _), _| t != topic);
