@@ -17,9 +17,9 @@ type Answer = Result<Frame, ClientError>;
 
 /// The answer to a request sent with [`Connection::call_async`](super::Connection::call_async).
 ///
-/// It resolves once: with the response frame, or with a timeout (the request's own, enforced
-/// by the connection's reader within [`super::SWEEP_TICK`] of its deadline) or the
-/// connection breaking. Dropping it unresolved cancels the request: a late response is
+/// It resolves once: with the response frame, a timeout, or the connection breaking. `wait`
+/// enforces the request's timeout itself; a polled future relies on the connection's reader,
+/// which expires requests within [`super::SWEEP_TICK`] of their deadline. Dropping it unresolved cancels the request: a late response is
 /// dropped.
 #[must_use = "a response future does nothing unless waited for or polled"]
 pub struct ResponseFuture {
@@ -71,12 +71,9 @@ impl ResponseFuture {
         }
     }
 
-    /// Blocks until the answer arrives (at most about the request's timeout).
+    /// Blocks until the answer arrives, at most the request's timeout.
     pub fn wait(mut self) -> Answer {
-        // The reader fails the request at its deadline; the extra second only guards against
-        // a reader that stopped sweeping.
-        let guard = self.deadline + super::SWEEP_TICK + Duration::from_secs(1);
-        let answer = match self.rx.recv_deadline(guard) {
+        let answer = match self.rx.recv_deadline(self.deadline) {
             Ok(a) => a,
             Err(flume::RecvTimeoutError::Disconnected) => Err(self.lost()),
             Err(flume::RecvTimeoutError::Timeout) => match self.cancel.take() {
@@ -84,7 +81,8 @@ impl ResponseFuture {
                     addr: self.addr.clone(),
                     after: self.timeout,
                 }),
-                // Completed just now: the answer is on its way.
+                // Completed just now (or the reader's sweep got there first): whoever took
+                // the entry is handing the answer over.
                 _ => self.rx.recv().unwrap_or_else(|_| Err(self.lost())),
             },
         };
