@@ -37,6 +37,9 @@ pub struct BrokerSettings {
     pub shard_request_bytes_max: usize,
     /// Connections one shard serves at once; more are closed at accept.
     pub shard_connections_max: usize,
+    /// Response bytes one connection may have waiting to be written; past it the broker
+    /// reads no more of that connection's requests until the client takes its responses.
+    pub connection_out_max_bytes: usize,
     /// A parked pull waits this long at most, whatever the client asks.
     pub long_poll_max_ms: u64,
     /// A pull returns this many bytes of messages at most.
@@ -64,6 +67,7 @@ impl Default for BrokerSettings {
             connection_requests_max: 1024,
             shard_request_bytes_max: 256 << 20,
             shard_connections_max: 10_000,
+            connection_out_max_bytes: 16 << 20,
             long_poll_max_ms: 15_000,
             pull_bytes_max: 4 << 20,
             offsets_persist_interval_ms: 5_000,

@@ -4,6 +4,9 @@
 //!
 //! Caps, each answered with SYSTEM_BUSY instead of growing memory: requests in flight per
 //! connection, request bytes in flight per shard, connections per shard (closed at accept).
+//! A client that does not read its responses is not answered into memory: past
+//! `connection_out_max_bytes` of responses waiting to be written, the connection stops
+//! reading requests until the writer catches up (TCP pushes back on the client).
 //! A frame the decoder refuses costs its connection only: one error frame (request id 0,
 //! status BadRequest, the reason as remark) and a close.
 
@@ -83,29 +86,39 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let (tx, rx) = flume::unbounded::<Bytes>();
-    let writer = glommio::spawn_local(async move {
-        while let Ok(first) = rx.recv_async().await {
-            if wr.write_all(&first).await.is_err() {
-                return;
-            }
-            while let Ok(more) = rx.try_recv() {
-                if wr.write_all(&more).await.is_err() {
+    let (drained_tx, drained_rx) = flume::bounded::<()>(1);
+    let out = Rc::new(Outbox {
+        tx,
+        queued: Cell::new(0),
+    });
+    let writer = {
+        let out = out.clone();
+        glommio::spawn_local(async move {
+            while let Ok(first) = rx.recv_async().await {
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter());
+                for b in &batch {
+                    if wr.write_all(b).await.is_err() {
+                        return;
+                    }
+                    out.queued.set(out.queued.get() - b.len());
+                }
+                if wr.flush().await.is_err() {
                     return;
                 }
+                let _ = drained_tx.try_send(());
             }
-            if wr.flush().await.is_err() {
-                return;
-            }
-        }
-        let _ = wr.close().await;
-    });
+            let _ = wr.close().await;
+        })
+    };
+    let out_max = broker.settings.connection_out_max_bytes;
     let decoder = FrameDecoder::new(broker.settings.frame_max_bytes);
     let in_flight = Rc::new(Cell::new(0usize));
     let mut buf = BytesMut::with_capacity(64 << 10);
     'conn: loop {
         loop {
             match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => dispatch(&broker, &load, &in_flight, &tx, frame, peer),
+                Ok(Some(frame)) => dispatch(&broker, &load, &in_flight, &out, frame, peer),
                 Ok(None) => break,
                 Err(e) => {
                     tracing::info!(%peer, error = %e, "closing a connection after a bad frame");
@@ -115,10 +128,15 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
                         status: 0,
                         request_id: 0,
                     };
-                    let _ =
-                        tx.send(error_response(&h, Status::BadRequest, e.to_string()).to_bytes());
+                    out.push(error_response(&h, Status::BadRequest, e.to_string()).to_bytes());
                     break 'conn;
                 }
+            }
+        }
+        // Responses the client has not taken yet: read no more requests until they drain.
+        while out.queued.get() > out_max {
+            if drained_rx.recv_async().await.is_err() {
+                break 'conn;
             }
         }
         let want = match decoder.needed(&buf) {
@@ -135,15 +153,31 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
             break;
         }
     }
-    drop(tx);
+    drop(out);
     writer.await;
+}
+
+/// Responses on their way to the writer task, counted in bytes.
+struct Outbox {
+    tx: flume::Sender<Bytes>,
+    queued: Cell<usize>,
+}
+
+impl Outbox {
+    fn push(&self, b: Bytes) {
+        self.queued.set(self.queued.get() + b.len());
+        if self.tx.send(b).is_err() {
+            // The writer is gone (the client went away): nothing will drain it.
+            self.queued.set(0);
+        }
+    }
 }
 
 fn dispatch(
     broker: &Arc<Broker>,
     load: &Rc<ShardLoad>,
     in_flight: &Rc<Cell<usize>>,
-    tx: &flume::Sender<Bytes>,
+    out: &Rc<Outbox>,
     frame: Frame,
     peer: SocketAddr,
 ) {
@@ -154,7 +188,7 @@ fn dispatch(
     let size = frame.encoded_len();
     let answer = |f: Frame| {
         if !h.is_oneway() {
-            let _ = tx.send(f.to_bytes());
+            out.push(f.to_bytes());
         }
     };
     if broker.is_stopping() {
@@ -179,14 +213,14 @@ fn dispatch(
     in_flight.set(in_flight.get() + 1);
     load.request_bytes.set(load.request_bytes.get() + size);
     broker.requests_begin();
-    let (broker, load, in_flight, tx) =
-        (broker.clone(), load.clone(), in_flight.clone(), tx.clone());
+    let (broker, load, in_flight, out) =
+        (broker.clone(), load.clone(), in_flight.clone(), out.clone());
     glommio::spawn_local(async move {
         let reply = handler::handle(&broker, frame, peer).await;
         in_flight.set(in_flight.get() - 1);
         load.request_bytes.set(load.request_bytes.get() - size);
         if !h.is_oneway() {
-            let _ = tx.send(reply.to_bytes());
+            out.push(reply.to_bytes());
         }
         broker.requests_end();
     })
