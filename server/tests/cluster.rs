@@ -82,6 +82,17 @@ fn admin_send_and_consume_round_trip_a_message_as_the_readme_shows() {
     assert!(!ok && err.contains("got 0 of 1"), "{err}");
     let (ok, out, _) = admin(&ns, &["message", "--id", &id]);
     assert!(ok && out.contains("body=hi there"), "{out}");
+    // The same message by the unique id its producer gave it.
+    let unique = out
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("unique_id="))
+        .unwrap()
+        .to_owned();
+    let (ok, by_unique, err) = admin(&ns, &["message", "--id", &unique, "--topic", "Hello"]);
+    assert!(ok, "{err}");
+    assert_eq!(by_unique, out);
+    let (ok, _, err) = admin(&ns, &["message", "--id", "00FF"]);
+    assert!(!ok && err.contains("no broker holds"), "{err}");
     let (ok, out, _) = admin(&ns, &["queue", "offsets", "--topic", "Hello"]);
     assert!(ok && out.lines().count() == 5, "{out}");
 }

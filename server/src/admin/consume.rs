@@ -185,3 +185,57 @@ pub fn run(ns: &Namesrv, a: ConsumeArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Scans every queue of `topic` for the message whose producer gave it `unique_id`.
+pub fn find_unique(ns: &Namesrv, topic: &str, unique_id: &str) -> Result<(), String> {
+    let route = ns.route(topic)?;
+    for q in route.queues.iter().filter(|q| q.perm & 4 != 0) {
+        let Some(b) = route
+            .brokers
+            .iter()
+            .find(|b| b.broker_name == q.broker_name)
+        else {
+            continue;
+        };
+        let Some(addr) = master(b) else { continue };
+        let mut conn = Conn::connect(addr, TIMEOUT).map_err(|e| e.to_string())?;
+        for queue_id in 0..q.read_queues {
+            let mut offset = 0;
+            loop {
+                let req = Request::PullMessage(PullMessageRequest {
+                    consumer_group: "shardmq-admin-lookup".into(),
+                    topic: topic.to_owned(),
+                    queue_id,
+                    queue_offset: offset,
+                    max_msgs: 256,
+                    max_bytes: 4 << 20,
+                    suspend_timeout_ms: 0,
+                    commit_offset: -1,
+                    subscription: "*".into(),
+                });
+                let (status, r): (Status, PullMessageResponse) =
+                    call_on(&mut conn, &req, PULL_TYPED)?;
+                match status {
+                    Status::Success => {}
+                    Status::PullOffsetMoved | Status::PullRetryImmediately
+                        if r.next_begin_offset > offset =>
+                    {
+                        offset = r.next_begin_offset;
+                        continue;
+                    }
+                    _ => break,
+                }
+                for m in &r.messages {
+                    if m.unique_id == unique_id {
+                        print_message(m, addr);
+                        return Ok(());
+                    }
+                    offset = m.queue_offset + 1;
+                }
+            }
+        }
+    }
+    Err(format!(
+        "no message of topic {topic} has the unique id {unique_id}"
+    ))
+}

@@ -53,10 +53,14 @@ enum AdminCmd {
     Send(send::SendArgs),
     /// Pulls messages of a topic for a group and prints them.
     Consume(consume::ConsumeArgs),
-    /// Finds a message by its broker message id.
+    /// Finds a message by its broker message id, or by the unique id its producer gave it
+    /// (with `--topic`: the topic's queues are scanned, a diagnostic for modest topics).
     Message {
         #[arg(long)]
         id: String,
+        /// Where to look for a unique id.
+        #[arg(long)]
+        topic: Option<String>,
     },
 }
 
@@ -177,7 +181,7 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
         }
         AdminCmd::Send(a) => send::run(&ns, a),
         AdminCmd::Consume(a) => consume::run(&ns, a),
-        AdminCmd::Message { id } => {
+        AdminCmd::Message { id, topic } => {
             for addr in all_addrs(&ns.cluster_info()?, true) {
                 let req = Request::ViewMessageById(ViewMessageRequest { id: id.clone() });
                 if let Ok(v) = call_typed::<ViewMessageResponse>(&addr, &req) {
@@ -185,7 +189,13 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
                     return Ok(());
                 }
             }
-            Err(format!("no broker holds a message with id {id}"))
+            match topic {
+                Some(t) => consume::find_unique(&ns, &t, &id),
+                None => Err(format!(
+                    "no broker holds a message with broker id {id}; for a producer's unique \
+                     id, name its --topic"
+                )),
+            }
         }
     }
 }
