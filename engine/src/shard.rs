@@ -503,29 +503,24 @@ impl Shard {
         }
         let down = self.log_down().or(lost.then_some(PutError::ShuttingDown));
         if let Some(err) = down {
-            let mut slots = Vec::new();
-            let msgs = puts.iter().flat_map(|s| s.msgs.as_slice());
-            for (m, &(owner, run, k)) in msgs.zip(places.iter()) {
-                if let Some(first) = firsts[owner].get(run) {
-                    slots.push(Slot {
-                        topic: m.topic.clone(),
-                        queue_id: m.queue_id,
-                        queue_offset: first + k as u64,
-                    });
-                }
-            }
-            for s in puts.drain(..) {
-                self.count_staged(s.msgs.as_slice(), false);
-                s.sink.fail(err.clone());
-            }
-            self.abandon(slots);
+            self.fail_round(puts, &places, &firsts, err);
             return;
         }
         let now_ms = now_ms();
         let mut at = 0;
         let mut since_yield = 0;
         let mut offsets = Vec::new();
-        while let Some(staged) = puts.pop_front() {
+        loop {
+            // The log may have failed while this round yielded: its dispatcher has answered
+            // what was pending and gone, so nothing more may be appended (it would wait
+            // forever); the rest of the round fails and gives its offsets back.
+            if let Some(err) = self.log_down() {
+                self.fail_round(puts, &places[at..], &firsts, err);
+                return;
+            }
+            let Some(staged) = puts.pop_front() else {
+                break;
+            };
             let n = staged.sizes.as_slice().len();
             offsets.clear();
             offsets.extend(
@@ -549,6 +544,44 @@ impl Shard {
         if spares.len() <= ROUNDS_AHEAD_MAX {
             spares.push(puts);
         }
+    }
+
+    /// Fails a round's puts that were not appended (`places` are theirs, in order) and gives
+    /// their reserved offsets back as skips.
+    fn fail_round(
+        &self,
+        mut puts: VecDeque<Staged>,
+        places: &[(usize, usize, u32)],
+        firsts: &[Vec<u64>],
+        err: PutError,
+    ) {
+        let mut slots = Vec::new();
+        let msgs = puts.iter().flat_map(|s| s.msgs.as_slice());
+        for (m, &(owner, run, k)) in msgs.zip(places.iter()) {
+            if let Some(first) = firsts[owner].get(run) {
+                slots.push(Slot {
+                    topic: m.topic.clone(),
+                    queue_id: m.queue_id,
+                    queue_offset: first + k as u64,
+                });
+            }
+        }
+        for s in puts.drain(..) {
+            self.count_staged(s.msgs.as_slice(), false);
+            s.sink.fail(err.clone());
+        }
+        self.abandon(slots);
+    }
+
+    /// Fails every staged put (the log stopped taking writes, so no round will take them).
+    fn fail_staged(&self) {
+        let err = self.log_down().unwrap_or(PutError::ShuttingDown);
+        let staged = std::mem::take(&mut *self.staged.borrow_mut());
+        for s in staged {
+            self.count_staged(s.msgs.as_slice(), false);
+            s.sink.fail(err.clone());
+        }
+        self.staged_event.notify();
     }
 
     /// Appends a put's records with their reserved queue offsets.
@@ -883,10 +916,13 @@ async fn stager(shard: Rc<Shard>) {
         let generation = shard.staged_event.generation();
         let ready =
             !shard.staged.borrow().is_empty() && shard.rounds.borrow().len() < ROUNDS_AHEAD_MAX;
+        if shard.cl.stopped() {
+            // No round may start any more (the appender fails those already out): answer what
+            // is staged, which would otherwise wait forever when the rounds were full.
+            shard.fail_staged();
+            return;
+        }
         if !ready {
-            if shard.cl.stopped() {
-                return;
-            }
             shard.staged_event.wait_past(generation).await;
             continue;
         }

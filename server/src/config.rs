@@ -196,6 +196,18 @@ impl ServerConfig {
                 b.frame_max_bytes, b.message_max_bytes
             )));
         }
+        let intervals = [
+            ("broker.register_interval_ms", b.register_interval_ms),
+            (
+                "broker.offsets_persist_interval_ms",
+                b.offsets_persist_interval_ms,
+            ),
+            ("namesrv.scan_interval_ms", self.namesrv.scan_interval_ms),
+            ("namesrv.broker_ttl_ms", self.namesrv.broker_ttl_ms),
+        ];
+        if let Some((key, _)) = intervals.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid(format!("{key} must be > 0")));
+        }
         if b.connection_requests_max == 0 || b.shard_connections_max == 0 {
             return Err(ConfigError::Invalid(
                 "broker.connection_requests_max and broker.shard_connections_max must be > 0"

@@ -211,6 +211,7 @@ fn wait_for_signal() -> Result<(), String> {
 }
 
 fn run_namesrv(c: ServerConfig) -> Result<(), String> {
+    c.validate().map_err(|e| e.to_string())?;
     let ns = NameServer::start(namesrv_config(&c))
         .map_err(|e| format!("cannot listen on {}: {e}", c.namesrv.listen))?;
     ready(serde_json::json!({"event": "ready", "namesrv": ns.addr().to_string()}));
