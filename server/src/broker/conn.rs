@@ -87,12 +87,14 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let (tx, rx) = flume::unbounded::<Bytes>();
     let (drained_tx, drained_rx) = flume::bounded::<()>(1);
+    let queued = Rc::new(Cell::new(0usize));
     let out = Rc::new(Outbox {
         tx,
-        queued: Cell::new(0),
+        queued: queued.clone(),
     });
+    // The writer holds only the byte count, not a sender: it ends when the last sender (the
+    // read loop's and its requests') is gone.
     let writer = {
-        let out = out.clone();
         glommio::spawn_local(async move {
             while let Ok(first) = rx.recv_async().await {
                 let mut batch = vec![first];
@@ -101,7 +103,7 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
                     if wr.write_all(b).await.is_err() {
                         return;
                     }
-                    out.queued.set(out.queued.get() - b.len());
+                    queued.set(queued.get() - b.len());
                 }
                 if wr.flush().await.is_err() {
                     return;
@@ -160,7 +162,7 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
 /// Responses on their way to the writer task, counted in bytes.
 struct Outbox {
     tx: flume::Sender<Bytes>,
-    queued: Cell<usize>,
+    queued: Rc<Cell<usize>>,
 }
 
 impl Outbox {
