@@ -114,6 +114,8 @@ pub struct StoreConfig {
     /// Segment retention and disk guards (RocketMQ's `fileReservedTime`, `deleteWhen`,
     /// `diskMaxUsedSpaceRatio`, ...; see `retention`).
     pub retention: RetentionConfig,
+    /// Delayed messages (`[schedule]`: levels, longest delay, progress persistence).
+    pub schedule: crate::schedule::ScheduleConfig,
     /// Test seam: where disk use is read from (default: `statvfs` of the store directory).
     #[doc(hidden)]
     #[serde(skip)]
@@ -161,6 +163,7 @@ impl Default for StoreConfig {
             consume_queue_flush_interval_ms: 1_000,
             consume_queue_flush_least_pages: 2,
             retention: RetentionConfig::default(),
+            schedule: crate::schedule::ScheduleConfig::default(),
             usage_probe: None,
             auto_create: AutoCreate::default(),
             fault_plan: None,
@@ -206,6 +209,12 @@ impl StoreConfig {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if let Err(e) = self.retention.validate() {
             return bad(format!("retention: {e}"));
+        }
+        if let Err(e) = self.schedule.plan() {
+            return bad(format!("schedule: {e}"));
+        }
+        if self.schedule.persist_interval_ms == 0 {
+            return bad("schedule.persist_interval_ms must be > 0".into());
         }
         check_segment("segment_size_bytes", self.segment_size_bytes)?;
         check_segment(

@@ -143,6 +143,10 @@ pub enum PutError {
     },
     #[error("topic {topic:?} does not take writes (permission {perm})")]
     NoPermission { topic: String, perm: Perm },
+    #[error("delayed message refused: {0}")]
+    Delay(#[from] crate::schedule::plan::ScheduleError),
+    #[error("delayed messages are off on this store (schedule.enabled = false)")]
+    ScheduleDisabled,
 }
 
 /// Why a topic administration call (create, update, delete) failed. The table is unchanged

@@ -34,6 +34,7 @@ mod oneshot;
 pub mod record;
 pub mod retention;
 pub mod runtime;
+pub mod schedule;
 mod shard;
 mod startup;
 mod store;

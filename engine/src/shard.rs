@@ -53,6 +53,13 @@ impl Puts {
             Puts::Many(ms) => ms,
         }
     }
+
+    pub fn as_mut_slice(&mut self) -> &mut [MessageInput] {
+        match self {
+            Puts::One(m) => std::slice::from_mut(m),
+            Puts::Many(ms) => ms,
+        }
+    }
 }
 
 /// The encoded sizes of a put's messages (one needs no allocation).
@@ -619,7 +626,11 @@ impl Shard {
                     cl_offset: offset,
                     size: len as u32,
                     tag_hash: tag_hash(msg.tags.as_deref()),
-                    store_timestamp_ms: now_ms,
+                    store_timestamp_ms: crate::schedule::plan::entry_time(
+                        &msg.topic,
+                        msg.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                        now_ms,
+                    ),
                 },
                 reply: None,
             });

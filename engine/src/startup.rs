@@ -222,7 +222,13 @@ async fn missing_records(
         if offset < starts[owner] {
             return;
         }
+        let time = crate::schedule::plan::entry_time(
+            &m.topic,
+            m.properties.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            m.store_timestamp_ms,
+        );
         out[owner].push(DispatchRecord {
+            store_timestamp_ms: time,
             tag_hash: tag_hash(m.tags()),
             topic: m.topic.into(),
             queue_id: m.queue_id,
@@ -230,7 +236,6 @@ async fn missing_records(
             source,
             cl_offset: offset,
             size: m.total_size,
-            store_timestamp_ms: m.store_timestamp_ms,
         });
     })
     .await?;
@@ -310,6 +315,14 @@ async fn serve(shard: &Rc<Shard>, rx: &flume::Receiver<Request>, intake: &flume:
                 glommio::spawn_local(async move {
                     settled(&shard, &topic, queue_id, None).await;
                     let _ = reply.send(shard.cqs.offsets(&topic, queue_id));
+                })
+                .detach();
+            }
+            Request::Times(topic, queue_id, from, max, reply) => {
+                let shard = shard.clone();
+                glommio::spawn_local(async move {
+                    let times = shard.cqs.entry_times(&topic, queue_id, from, max).await;
+                    let _ = reply.send(times);
                 })
                 .detach();
             }

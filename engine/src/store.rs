@@ -68,6 +68,13 @@ pub(crate) enum Request {
     Get(GetRequest, flume::Sender<Result<GetResult, ReadError>>),
     Offsets(String, u32, flume::Sender<Option<(u64, u64)>>),
     OffsetForTime(String, u32, i64, flume::Sender<Option<u64>>),
+    Times(
+        String,
+        u32,
+        u64,
+        usize,
+        flume::Sender<(Vec<(u64, i64)>, u64)>,
+    ),
     Wait(String, u32, u64, Duration, flume::Sender<bool>),
     Run(Job),
     /// A delete's first step: answered with the shard's CommitLog end once everything
@@ -97,7 +104,21 @@ struct Inner {
     cq_reports: Vec<RecoveryReport>,
     /// The topic table: its one writer, and the snapshots the shards read.
     catalog: Arc<Catalog>,
+    /// The schedule service, once started (none when `schedule.enabled` is off).
+    schedule: Mutex<Option<crate::schedule::service::Running>>,
+    /// Where delayed puts wait (from `schedule`).
+    plan: Option<crate::schedule::plan::Plan>,
     _lock: DirLock,
+}
+
+/// A store reference that does not keep the store running (the schedule service's).
+#[derive(Clone)]
+pub(crate) struct WeakStore(std::sync::Weak<Inner>);
+
+impl WeakStore {
+    pub(crate) fn upgrade(&self) -> Option<Store> {
+        self.0.upgrade().map(|inner| Store { inner })
+    }
 }
 
 /// A ShardMQ store: N shards, one glommio executor thread each. Cheap to clone; the store
@@ -228,6 +249,8 @@ impl Store {
             reports: Vec::new(),
             cq_reports: Vec::new(),
             catalog,
+            schedule: Mutex::new(None),
+            plan: None,
             _lock: lock,
         };
         // On error, dropping `inner` (and the control channels) stops and joins the threads.
@@ -235,11 +258,49 @@ impl Store {
         inner.reports = reports;
         inner.cq_reports = cq_reports;
         drop(ctls);
+        if inner.config.schedule.enabled {
+            let plan = inner.config.schedule.plan().map_err(|e| {
+                OpenError::Config(crate::error::ConfigError::Invalid(format!("schedule: {e}")))
+            })?;
+            inner.plan = Some(plan);
+        }
         let store = Store {
             inner: Arc::new(inner),
         };
         store.finish_interrupted_deletes()?;
+        if let Some(plan) = store.inner.plan.clone() {
+            let running = crate::schedule::service::start(&store, plan)?;
+            *store
+                .inner
+                .schedule
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(running);
+        }
         Ok(store)
+    }
+
+    pub(crate) fn downgrade(&self) -> WeakStore {
+        WeakStore(Arc::downgrade(&self.inner))
+    }
+
+    /// The schedule service's progress: (next offset per level, current wheel minute), for
+    /// `admin schedule status`; `None` when the service is off.
+    pub fn schedule_progress(&self) -> Option<crate::schedule::progress::Progress> {
+        let s = self
+            .inner
+            .schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        s.as_ref().map(|r| r.progress())
+    }
+
+    /// The delay levels in force (empty when the service is off).
+    pub fn delay_levels(&self) -> Vec<Duration> {
+        self.inner
+            .plan
+            .as_ref()
+            .map(|p| p.levels.clone())
+            .unwrap_or_default()
     }
 
     /// A delete whose "topic deleted" records reached a ConsumeQueue log but whose topic is
@@ -355,7 +416,26 @@ impl Store {
         futures_lite::future::block_on(self.put_message(msg))
     }
 
-    fn submit(&self, msgs: Puts, sink: Sink) -> Result<Submitted, PutError> {
+    fn submit(&self, mut msgs: Puts, sink: Sink) -> Result<Submitted, PutError> {
+        // Delayed puts wait in the schedule topic.
+        for m in msgs.as_mut_slice() {
+            if m.properties.is_empty() {
+                continue;
+            }
+            let asks = m.properties.iter().any(|(k, _)| {
+                k == crate::schedule::plan::PROP_DELAY_LEVEL
+                    || k == crate::schedule::plan::PROP_DELIVER_AT
+            });
+            if !asks {
+                continue;
+            }
+            match &self.inner.plan {
+                Some(plan) => {
+                    plan.rewrite(m, crate::schedule::service::now_ms())?;
+                }
+                None => return Err(PutError::ScheduleDisabled),
+            }
+        }
         if let Some(shard) = local_shard(self.inner.id) {
             shard.put(msgs, sink);
             return Ok(Submitted::Done);
@@ -500,6 +580,21 @@ impl Store {
     /// applies and flushes what it was sent.
     pub async fn shutdown(self) -> Result<(), ShutdownError> {
         let mut result = Ok(());
+        // The schedule service first: it stops delivering and persists its progress.
+        let running = self
+            .inner
+            .schedule
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(r) = running {
+            if let Err(e) = r.stop() {
+                result = Err(ShutdownError::Shard {
+                    shard: 0,
+                    reason: format!("cannot persist the schedule progress: {e}"),
+                });
+            }
+        }
         let phases: [ShutdownPhase; 2] = [Request::ShutdownSources, Request::ShutdownOwner];
         for phase in phases {
             for (shard, handle) in self.inner.shards.iter().enumerate() {
@@ -559,9 +654,12 @@ impl Store {
         self.inner.catalog.update(name, update)
     }
 
-    /// Every topic, sorted by name (a topic being deleted is left out).
+    /// Every user topic, sorted by name (a topic being deleted is left out, and so is the
+    /// schedule topic delayed messages wait in; `topic()` shows it).
     pub fn topics(&self) -> Vec<TopicConfig> {
-        self.inner.catalog.list()
+        let mut all = self.inner.catalog.list();
+        all.retain(|t| t.name != crate::schedule::plan::SCHEDULE_TOPIC);
+        all
     }
 
     /// A topic's config, if it exists (and is not being deleted).
@@ -685,6 +783,24 @@ impl Store {
             Request::OffsetForTime(topic, queue_id, timestamp_ms, tx)
         });
         async move { asked.await.flatten() }
+    }
+
+    /// The entry times (store time; for the schedule topic, the due time) of up to `max`
+    /// entries of a queue from `from`, skips left out, and the queue's visible end. Reads no
+    /// message body.
+    pub fn entry_times(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        from: u64,
+        max: usize,
+    ) -> impl Future<Output = (Vec<(u64, i64)>, u64)> + Send + 'static {
+        let owner = self.queue_shard(topic, queue_id);
+        let topic = topic.to_owned();
+        let asked = self.ask(owner, move |tx| {
+            Request::Times(topic, queue_id, from, max, tx)
+        });
+        async move { asked.await.unwrap_or_default() }
     }
 
     /// Resolves to `true` once the queue holds a readable message at `offset` (its max passed

@@ -112,7 +112,13 @@ impl Default for ServerConfig {
         ServerConfig {
             broker: BrokerSettings::default(),
             namesrv: NamesrvSettings::default(),
-            store: StoreConfig::new("shardmq-data"),
+            store: StoreConfig {
+                schedule: shardmq_engine::schedule::ScheduleConfig {
+                    enabled: true,
+                    ..Default::default()
+                },
+                ..StoreConfig::new("shardmq-data")
+            },
         }
     }
 }
@@ -177,6 +183,16 @@ impl ServerConfig {
                 ConfigError::Invalid(format!("--set {s:?}: expected table.key=value"))
             })?;
             set_key(&mut table, key.trim(), value.trim())?;
+        }
+        // The broker delivers delayed messages unless told not to (an embedded store's
+        // default is off).
+        let scheduled = table
+            .get("store")
+            .and_then(|s| s.get("schedule"))
+            .and_then(|s| s.get("enabled"))
+            .is_some();
+        if !scheduled {
+            set_key(&mut table, "store.schedule.enabled", "true")?;
         }
         let origin = file.map(Path::to_owned).unwrap_or_else(|| "(flags)".into());
         toml::Value::Table(table)

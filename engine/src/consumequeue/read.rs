@@ -504,6 +504,46 @@ impl ConsumeQueues {
 
     /// The first offset in memory whose store time is at or after `timestamp_ms` (the max
     /// offset if none); `cold_offset_for_time` looks in the cold file first.
+    /// The times of up to `max` entries of a queue from `from` (skips left out), with the
+    /// queue's visible end: what the schedule service waits on, without reading a body.
+    pub async fn entry_times(
+        &self,
+        topic: &str,
+        queue_id: u32,
+        from: u64,
+        max: usize,
+    ) -> (Vec<(u64, i64)>, u64) {
+        let cold = match self.cold_entries(topic, queue_id, from, max).await {
+            Some(Ok(entries)) => entries,
+            _ => Vec::new(),
+        };
+        let queues = self.queues.borrow();
+        let Some(q) = queues.get(topic).and_then(|t| t.get(&queue_id)) else {
+            return (Vec::new(), 0);
+        };
+        let end = q.visible();
+        let mut out = Vec::new();
+        let mut cold = cold.into_iter().peekable();
+        let mut at = from.max(q.min);
+        while at < end && out.len() < max {
+            let found = match cold.peek() {
+                Some(&(o, e)) if o == at => {
+                    cold.next();
+                    Some(e)
+                }
+                _ => q.entry(at).copied(),
+            };
+            if found.is_none() && at < q.hot_start {
+                break;
+            }
+            if let Some(e) = found.filter(|e| !e.is_skip()) {
+                out.push((at, e.time_ms));
+            }
+            at += 1;
+        }
+        (out, end)
+    }
+
     pub fn offset_for_time(&self, topic: &str, queue_id: u32, timestamp_ms: i64) -> Option<u64> {
         let queues = self.queues.borrow();
         let q = queues.get(topic).and_then(|t| t.get(&queue_id))?;

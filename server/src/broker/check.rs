@@ -83,12 +83,7 @@ pub fn check_send(
             "transactional messages are not supported by this broker",
         ));
     }
-    if delay_level > 0 || deliver_at_ms != 0 {
-        return Err(refuse(
-            Status::MessageIllegal,
-            "delayed messages are not supported by this broker yet",
-        ));
-    }
+    let _ = (delay_level, deliver_at_ms);
     Ok(())
 }
 
@@ -105,6 +100,7 @@ pub fn put_refusal(e: &PutError) -> Refusal {
         PutError::TopicDeleting { .. } => Status::ServiceNotAvailable,
         PutError::QueueIdOutOfRange { .. } => Status::QueueIdOutOfRange,
         PutError::NoPermission { .. } => Status::NoPermission,
+        PutError::Delay(_) | PutError::ScheduleDisabled => Status::MessageIllegal,
     };
     refuse(status, e.to_string())
 }
@@ -146,6 +142,6 @@ mod tests {
             .remark
             .contains("over the limit"));
         assert!(check_send("T", 1, SYS_FLAG_TRANSACTION, 0, 0, 100).is_err());
-        assert!(check_send("T", 1, 0, 3, 0, 100).is_err());
+        assert!(check_send("T", 1, 0, 3, 0, 100).is_ok());
     }
 }

@@ -209,7 +209,7 @@ async fn send(broker: &Broker, h: &Header, r: SendMessageRequest, peer: SocketAd
         body: r.body,
     };
     let queue_id = r.queue_id;
-    let msg = message_input(
+    let mut msg = message_input(
         r.topic,
         queue_id,
         entry,
@@ -217,6 +217,19 @@ async fn send(broker: &Broker, h: &Header, r: SendMessageRequest, peer: SocketAd
         r.reconsume_times,
         peer,
     );
+    // Delays travel as properties; the store moves the message to the schedule topic.
+    if r.delay_level > 0 {
+        msg.properties.push((
+            shardmq_engine::schedule::plan::PROP_DELAY_LEVEL.into(),
+            r.delay_level.to_string(),
+        ));
+    }
+    if r.deliver_at_ms != 0 {
+        msg.properties.push((
+            shardmq_engine::schedule::plan::PROP_DELIVER_AT.into(),
+            r.deliver_at_ms.to_string(),
+        ));
+    }
     let created = broker.store.topic(&msg.topic).is_none();
     match broker.store.put_message(msg).await {
         Ok(res) => {

@@ -1,0 +1,552 @@
+//! The schedule service's tasks: one per delay level, on the shard owning the level's queue,
+//! and one for the wheel of exact times, on shard 0. Each learns due times from queue entries
+//! (`Store::entry_times`), reads a message only to deliver it, delivers up to `WINDOW`
+//! messages at once, and advances its progress in order as deliveries complete.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::plan::{delivered, Plan, SCHEDULE_TOPIC, SLOT_MS};
+use super::progress::Progress;
+use crate::consumequeue::read::{GetRequest, GetStatus};
+use crate::error::PutError;
+use crate::filter::TagFilter;
+use crate::record::MessageInput;
+use crate::store::{Store, WeakStore};
+
+/// Deliveries in flight per task.
+const WINDOW: usize = 256;
+/// How long a task waits for news before it looks again (also bounds how late it notices a
+/// stop).
+const IDLE: Duration = Duration::from_millis(500);
+/// How long after its minute ends a wheel slot is still drained (puts made in the last
+/// moments of the minute may become visible a little later).
+const GRACE_MS: i64 = 2_000;
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What the tasks share. The store is held weakly: dropping the last `Store` stops the
+/// store (as after a crash) even with the service running.
+pub struct Shared {
+    pub(crate) store: WeakStore,
+    pub plan: Plan,
+    pub progress: Mutex<Progress>,
+    /// Dropped to stop the tasks.
+    pub stop: flume::Receiver<()>,
+}
+
+/// Each call takes the store for as long as it builds its future and no longer: a task never
+/// holds the store across an await, so dropping the last `Store` still stops it.
+impl Shared {
+    fn store(&self) -> Option<Store> {
+        self.store.upgrade()
+    }
+
+    fn entry_times(
+        &self,
+        queue: u32,
+        from: u64,
+        max: usize,
+    ) -> Option<impl std::future::Future<Output = (Vec<(u64, i64)>, u64)>> {
+        Some(self.store()?.entry_times(SCHEDULE_TOPIC, queue, from, max))
+    }
+
+    fn wait(
+        &self,
+        queue: u32,
+        offset: u64,
+        d: Duration,
+    ) -> Option<impl std::future::Future<Output = bool>> {
+        Some(
+            self.store()?
+                .wait_for_message(SCHEDULE_TOPIC, queue, offset, d),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stopped(&self) -> bool {
+        matches!(self.stop.try_recv(), Err(flume::TryRecvError::Disconnected))
+    }
+
+    /// Sleeps `d` or until the service stops.
+    async fn pause(&self, d: Duration) {
+        futures_lite::future::or(glommio::timer::sleep(d), async {
+            let _ = self.stop.recv_async().await;
+        })
+        .await;
+    }
+}
+
+/// How a delivery ended.
+enum Outcome {
+    Delivered,
+    /// Cannot ever be delivered (its topic is gone, the record is bad): skipped, logged.
+    Dropped,
+    /// The store could not take it now: try again later.
+    Retry,
+}
+
+/// Reads the delayed message at `offset` of `queue` and makes the copy to deliver.
+async fn fetch(weak: WeakStore, queue: u32, offset: u64) -> Result<MessageInput, Outcome> {
+    let Some(store) = weak.upgrade() else {
+        return Err(Outcome::Retry);
+    };
+    let get = store.get_message(GetRequest {
+        group: "SCHEDULE_SERVICE".into(),
+        topic: SCHEDULE_TOPIC.into(),
+        queue_id: queue,
+        offset,
+        max_messages: 1,
+        max_bytes: u32::MAX,
+        filter: TagFilter::All,
+    });
+    drop(store);
+    let m = match get.await {
+        Ok(r) if r.status == GetStatus::Found => match r.messages.into_iter().next() {
+            Some(m) if m.queue_offset == offset => m,
+            _ => return Err(Outcome::Dropped),
+        },
+        Ok(_) => return Err(Outcome::Dropped),
+        Err(e) => {
+            tracing::warn!(queue, offset, error = %e, "cannot read a delayed message");
+            return Err(Outcome::Retry);
+        }
+    };
+    let Some((topic, queue_id, props)) = delivered(&m.message.properties, &m.msg_id) else {
+        tracing::warn!(
+            queue,
+            offset,
+            "a delayed message lacks its real topic: dropped"
+        );
+        return Err(Outcome::Dropped);
+    };
+    let s = &m.message;
+    let mut input = MessageInput::new(topic, queue_id, s.body.clone());
+    input.tags = s.property("TAGS").map(str::to_owned);
+    input.keys = s.property("KEYS").map(str::to_owned);
+    input.properties = props
+        .into_iter()
+        .filter(|(k, _)| k != "TAGS" && k != "KEYS")
+        .collect();
+    input.flag = s.flag;
+    input.sys_flag = s.sys_flag;
+    input.reconsume_times = s.reconsume_times;
+    input.born_timestamp_ms = s.born_timestamp_ms;
+    input.born_host = s.born_host;
+    Ok(input)
+}
+
+/// A put under way, resolving to how the delivery went.
+type PutOutcome = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome>>>;
+
+/// Puts a fetched copy now (appends happen in call order, so copies put in due order reach
+/// their queues in due order); the future tells how it went.
+fn put(weak: &WeakStore, fetched: Result<MessageInput, Outcome>) -> PutOutcome {
+    let input = match fetched {
+        Ok(i) => i,
+        Err(o) => return Box::pin(async move { o }),
+    };
+    let Some(store) = weak.upgrade() else {
+        return Box::pin(async { Outcome::Retry });
+    };
+    let put = store.put_message(input);
+    drop(store);
+    Box::pin(async move {
+        match put.await {
+            Ok(_) => Outcome::Delivered,
+            Err(
+                e @ (PutError::Busy { .. }
+                | PutError::ShuttingDown
+                | PutError::ShardFailed { .. }
+                | PutError::DiskFull { .. }
+                | PutError::TopicDeleting { .. }),
+            ) => {
+                tracing::debug!(error = %e, "delivery of a delayed message deferred");
+                Outcome::Retry
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a delayed message cannot be delivered: dropped");
+                Outcome::Dropped
+            }
+        }
+    })
+}
+
+/// Delivers the level `level`'s queue (0-based) for as long as the service runs.
+pub async fn level_task(shared: Arc<Shared>, level: usize) {
+    let queue = level as u32;
+    let mut next = shared.lock().level(level);
+    while !shared.stopped() {
+        let Some(times) = shared.entry_times(queue, next, WINDOW) else {
+            return;
+        };
+        let (times, end) = times.await;
+        let Some(&(_, head_due)) = times.first() else {
+            if end > next {
+                // Only skips (or entries retention removed) up to the end.
+                next = end;
+                shared.lock().set_level(level, next);
+                continue;
+            }
+            let Some(wait) = shared.wait(queue, next, IDLE) else {
+                return;
+            };
+            futures_lite::future::or(
+                async {
+                    wait.await;
+                },
+                async {
+                    let _ = shared.stop.recv_async().await;
+                },
+            )
+            .await;
+            continue;
+        };
+        let now = now_ms();
+        if head_due > now {
+            let d = Duration::from_millis((head_due - now) as u64).min(IDLE);
+            shared.pause(d).await;
+            continue;
+        }
+        // Every entry due now, delivered concurrently and settled in queue order.
+        let due: Vec<u64> = times
+            .iter()
+            .take_while(|(_, t)| *t <= now)
+            .map(|(o, _)| *o)
+            .collect();
+        let fetches: Vec<_> = due
+            .iter()
+            .map(|&o| glommio::spawn_local(fetch(shared.store.clone(), queue, o)))
+            .collect();
+        // Copies are put in queue (= due) order as their reads come in.
+        let mut puts = Vec::with_capacity(fetches.len());
+        for f in fetches {
+            puts.push(put(&shared.store, f.await));
+        }
+        // Progress stops at the first delivery that must go again (those after it that went
+        // through go again too: at least once).
+        let mut blocked = false;
+        for (o, t) in due.iter().zip(puts) {
+            match t.await {
+                Outcome::Retry => blocked = true,
+                Outcome::Delivered | Outcome::Dropped if !blocked => {
+                    next = o + 1;
+                    shared.lock().set_level(level, next);
+                }
+                Outcome::Delivered | Outcome::Dropped => {}
+            }
+        }
+        if blocked {
+            // The first could not go: give the store a moment.
+            shared.pause(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Delivers exact-time messages for as long as the service runs.
+///
+/// The wheel keeps the minutes from the oldest not yet retired up to now (and the next one
+/// in the last second of a minute) loaded: their entries in one due-ordered set. Entries are
+/// delivered in due order, so one watermark (due time, and how many at that time) says what
+/// was delivered across all loaded minutes. A minute is retired — its slot's offset saved,
+/// the slot free for the minute `slots` later — once it ended `GRACE_MS` ago and nothing of
+/// it is left.
+pub async fn wheel_task(shared: Arc<Shared>) {
+    let plan = shared.plan.clone();
+    let now_min = now_ms().div_euclid(SLOT_MS);
+    let (mut oldest, skip_upto, skip_at) = {
+        let p = shared.lock();
+        // A persisted minute the wheel has since come round past (a store stopped for
+        // longer than the longest delay) is worthless: start just behind now.
+        if p.minute > 0 && now_min - p.minute < plan.slots as i64 - 4 {
+            (p.minute, p.due_upto, p.at_due)
+        } else {
+            (now_min - 2, i64::MIN, 0)
+        }
+    };
+    // minute -> (queue, loaded up to)
+    let mut loaded: std::collections::BTreeMap<i64, (u32, u64)> = Default::default();
+    let mut pending: std::collections::BTreeSet<(i64, u32, u64)> = Default::default();
+    let mut in_flight: VecDeque<(
+        i64,
+        glommio::task::JoinHandle<Result<MessageInput, Outcome>>,
+    )> = VecDeque::new();
+    let mut putting: VecDeque<(i64, PutOutcome)> = VecDeque::new();
+    let mut skipped = 0;
+    let mut blocked = false;
+    let mut need_load = true;
+    while !shared.stopped() {
+        if shared.store().is_none() {
+            return;
+        }
+        let now = now_ms();
+        // Load the minutes that should be loaded, and what arrived in those already loaded
+        // (after a wait, not between the deliveries of one burst).
+        let newest = (now + 1_000).div_euclid(SLOT_MS);
+        let to_load = if need_load { newest - oldest + 1 } else { 0 };
+        need_load = false;
+        for m in (oldest..=newest).take(to_load.max(0) as usize) {
+            let q = plan.slot_queue(m);
+            let from = match loaded.get(&m) {
+                Some(&(_, to)) => to,
+                None => shared.lock().slots.get(&q).copied().unwrap_or(0),
+            };
+            let Some(to) = load_slot(&shared, q, from, &mut pending).await else {
+                return;
+            };
+            loaded.insert(m, (q, to));
+        }
+        // What the persisted watermark says was delivered before a restart.
+        if skip_upto != i64::MIN {
+            while let Some(&first) = pending.first() {
+                if first.0 < skip_upto || (first.0 == skip_upto && skipped < skip_at) {
+                    if first.0 == skip_upto {
+                        skipped += 1;
+                    }
+                    pending.pop_first();
+                } else {
+                    break;
+                }
+            }
+        }
+        // Start what is due.
+        while in_flight.len() < WINDOW && pending.first().is_some_and(|&(d, _, _)| d <= now) {
+            let Some((due, q, o)) = pending.pop_first() else {
+                break;
+            };
+            let task = glommio::spawn_local(fetch(shared.store.clone(), q, o)).detach();
+            in_flight.push_back((due, task));
+        }
+        // Put the fetched copies in due order, as their reads come in.
+        if let Some((due, task)) = in_flight.pop_front() {
+            let fetched = task.await.unwrap_or(Err(Outcome::Retry));
+            putting.push_back((due, put(&shared.store, fetched)));
+            if putting.len() < WINDOW && !in_flight.is_empty() {
+                continue;
+            }
+        }
+        // Settle finished deliveries in order.
+        if let Some((due, p)) = putting.pop_front() {
+            match Some(p.await) {
+                Some(Outcome::Delivered | Outcome::Dropped) if !blocked => {
+                    let mut p = shared.lock();
+                    if p.due_upto == due {
+                        p.at_due += 1;
+                    } else {
+                        p.due_upto = due;
+                        p.at_due = 1;
+                    }
+                    p.minute = oldest;
+                }
+                Some(Outcome::Delivered | Outcome::Dropped) => {}
+                Some(Outcome::Retry) | None => blocked = true,
+            }
+            if !putting.is_empty() || !in_flight.is_empty() {
+                continue;
+            }
+        }
+        if blocked {
+            // A delivery could not go: start again from the watermark (what was delivered
+            // after it goes again: at least once), after a pause.
+
+            shared.pause(Duration::from_millis(50)).await;
+            pending.clear();
+            loaded.clear();
+            let p = shared.lock().clone();
+            return Box::pin(restart_wheel(shared.clone(), p)).await;
+        }
+        // Retire the oldest minute once it is over and empty.
+        let oldest_done = now >= (oldest + 1) * SLOT_MS + GRACE_MS
+            && in_flight.is_empty()
+            && putting.is_empty()
+            && !pending
+                .iter()
+                .any(|&(_, q, _)| Some(q) == loaded.get(&oldest).map(|l| l.0));
+        if oldest_done && oldest < newest {
+            if let Some((q, to)) = loaded.remove(&oldest) {
+                let mut p = shared.lock();
+                p.slots.insert(q, to);
+                p.minute = oldest + 1;
+            }
+            oldest += 1;
+            need_load = true;
+            continue;
+        }
+        if !in_flight.is_empty() || !putting.is_empty() {
+            continue;
+        }
+        // Nothing to do now: wait for the next due time, a new entry in the newest minute,
+        // or a minute boundary.
+        let next_due = pending.first().map(|&(d, _, _)| d);
+        let boundary = (now.div_euclid(SLOT_MS) + 1) * SLOT_MS - 1_000;
+        let mut until = next_due
+            .unwrap_or(i64::MAX)
+            .min(now + IDLE.as_millis() as i64);
+        if boundary > now {
+            until = until.min(boundary);
+        }
+        if oldest < now.div_euclid(SLOT_MS) {
+            until = until.min((oldest + 1) * SLOT_MS + GRACE_MS);
+        }
+        let wait = Duration::from_millis((until - now).max(1) as u64);
+        need_load = true;
+        let Some(&(q, to)) = loaded.get(&newest) else {
+            shared.pause(wait).await;
+            continue;
+        };
+        let Some(arrived) = shared.wait(q, to, wait) else {
+            return;
+        };
+        futures_lite::future::or(
+            async {
+                arrived.await;
+            },
+            async {
+                let _ = shared.stop.recv_async().await;
+            },
+        )
+        .await;
+    }
+}
+
+/// The wheel from its persisted progress again (after a delivery it had to give up on).
+async fn restart_wheel(shared: Arc<Shared>, _from: Progress) {
+    wheel_task(shared).await
+}
+
+/// Adds a slot's entries from `from` to `pending`; returns how far it loaded.
+async fn load_slot(
+    shared: &Shared,
+    queue: u32,
+    mut from: u64,
+    pending: &mut std::collections::BTreeSet<(i64, u32, u64)>,
+) -> Option<u64> {
+    loop {
+        let (times, end) = shared.entry_times(queue, from, 4096)?.await;
+        if times.is_empty() {
+            return Some(from.max(end));
+        }
+        for &(o, due) in &times {
+            pending.insert((due, queue, o));
+        }
+        from = times.last().map_or(end, |&(o, _)| o + 1);
+    }
+}
+
+/// The running service: its tasks (on the shards) and its persister (a thread).
+pub struct Running {
+    shared: Arc<Shared>,
+    stop_tx: Option<flume::Sender<()>>,
+    persister: Option<std::thread::JoinHandle<()>>,
+    store_path: std::path::PathBuf,
+}
+
+impl Running {
+    pub fn progress(&self) -> Progress {
+        self.shared.lock().clone()
+    }
+
+    /// Stops the tasks and persists the progress one last time.
+    pub fn stop(mut self) -> std::io::Result<()> {
+        self.stop_tx.take();
+        if let Some(t) = self.persister.take() {
+            let _ = t.join();
+        }
+        self.shared.lock().save(&self.store_path)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Without `stop` (the store dropped without a shutdown: a crash) nothing is persisted.
+        self.stop_tx.take();
+    }
+}
+
+/// Creates the schedule topic if needed and starts the tasks and the persister.
+pub fn start(store: &Store, plan: Plan) -> Result<Running, crate::error::OpenError> {
+    use crate::topics::{Perm, TopicUpdate};
+    let queues = plan.queues();
+    let invalid = |e: String| {
+        crate::error::OpenError::Config(crate::error::ConfigError::Invalid(format!(
+            "schedule topic: {e}"
+        )))
+    };
+    match store.topic(SCHEDULE_TOPIC) {
+        None => {
+            store
+                .create_topic(SCHEDULE_TOPIC, queues, queues, Perm::READ_WRITE)
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        Some(t) if t.read_queues < queues || t.write_queues < queues => {
+            store
+                .update_topic(
+                    SCHEDULE_TOPIC,
+                    TopicUpdate {
+                        read_queues: Some(queues),
+                        write_queues: Some(queues),
+                        perm: None,
+                    },
+                )
+                .map_err(|e| invalid(e.to_string()))?;
+        }
+        Some(_) => {}
+    }
+    let store_path = store.path().to_path_buf();
+    let progress = Progress::load(&store_path).map_err(|source| crate::error::OpenError::Io {
+        what: "cannot read the schedule progress",
+        path: Progress::path(&store_path),
+        source,
+    })?;
+    let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+    let levels = plan.levels.len();
+    let shared = Arc::new(Shared {
+        store: store.downgrade(),
+        plan,
+        progress: Mutex::new(progress),
+        stop: stop_rx,
+    });
+    for level in 0..levels {
+        let owner = store.queue_shard(SCHEDULE_TOPIC, level as u32);
+        let s = shared.clone();
+        drop(store.spawn_on(owner, move || level_task(s, level)));
+    }
+    {
+        let s = shared.clone();
+        drop(store.spawn_on(0, move || wheel_task(s)));
+    }
+    let persister = {
+        let (s, path) = (shared.clone(), store_path.clone());
+        let every = Duration::from_millis(store.config().schedule.persist_interval_ms);
+        std::thread::Builder::new()
+            .name("schedule-persist".into())
+            .spawn(move || loop {
+                let stopped = matches!(
+                    s.stop.recv_timeout(every),
+                    Err(flume::RecvTimeoutError::Disconnected)
+                );
+                if stopped {
+                    return;
+                }
+                let snapshot = s.lock().clone();
+                if let Err(e) = snapshot.save(&path) {
+                    tracing::error!(error = %e, "cannot persist the schedule progress");
+                }
+            })
+            .ok()
+    };
+    Ok(Running {
+        shared,
+        stop_tx: Some(stop_tx),
+        persister,
+        store_path,
+    })
+}
