@@ -65,6 +65,7 @@ wire_enum! {
         GetAllTopicConfig = 42,
         GetBrokerStatus = 43,
         GetTopicStats = 44,
+        GetScheduleStatus = 45,
         // NameServer.
         RegisterBroker = 100,
         UnregisterBroker = 101,

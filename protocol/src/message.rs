@@ -426,6 +426,7 @@ requests! {
     GetAllTopicConfig(Empty) => TopicConfigList,
     GetBrokerStatus(Empty) => KeyValues,
     GetTopicStats(TopicRequest) => TopicStats,
+    GetScheduleStatus(Empty) => KeyValues,
     RegisterBroker(RegisterBrokerRequest) => Empty,
     UnregisterBroker(UnregisterBrokerRequest) => Empty,
     GetRouteByTopic(TopicRequest) => TopicRoute,

@@ -170,3 +170,81 @@ fn a_silent_broker_leaves_the_routes_and_a_stopped_one_unregisters() {
     assert!(status.success(), "{status:?}\n{}", b.log_text());
     assert!(!route_has_broker(&ns_addr, "OnB"));
 }
+
+#[test]
+fn a_delayed_admin_send_arrives_after_its_level_and_shows_in_schedule_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(
+        dir.path(),
+        &["--set", "store.schedule.levels=\"200ms 600ms\""],
+    );
+    let ns = broker.get("namesrv");
+    let (ok, _, err) = admin(
+        &ns,
+        &["topic", "create", "--topic", "Later", "--queues", "1"],
+    );
+    assert!(ok, "{err}");
+    let sent = Instant::now();
+    let (ok, out, err) = admin(
+        &ns,
+        &[
+            "send",
+            "--topic",
+            "Later",
+            "--body",
+            "wait for it",
+            "--delay-level",
+            "2",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("msg_id="), "{out}");
+    let (ok, out, err) = admin(
+        &ns,
+        &[
+            "consume",
+            "--topic",
+            "Later",
+            "--group",
+            "g",
+            "--count",
+            "1",
+            "--from-beginning",
+            "--timeout-ms",
+            "20000",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("body=wait for it"), "{out}");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(600),
+        "delivered before its 600 ms level"
+    );
+    let (ok, out, err) = admin(&ns, &["schedule", "status"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("level 2 (600 ms)\tnext offset 1, pending 0"),
+        "{out}"
+    );
+    assert!(out.contains("exact times"), "{out}");
+    // Past the longest delay: a clear refusal.
+    let far = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 30 * 86_400_000)
+        .to_string();
+    let (ok, _, err) = admin(
+        &ns,
+        &[
+            "send",
+            "--topic",
+            "Later",
+            "--body",
+            "x",
+            "--deliver-at-ms",
+            &far,
+        ],
+    );
+    assert!(!ok && err.contains("longest delay"), "{err}");
+}

@@ -53,6 +53,11 @@ enum AdminCmd {
     Send(send::SendArgs),
     /// Pulls messages of a topic for a group and prints them.
     Consume(consume::ConsumeArgs),
+    /// Delayed messages: progress per level and of the exact-time wheel.
+    Schedule {
+        #[command(subcommand)]
+        cmd: ScheduleCmd,
+    },
     /// Finds a message by its broker message id, or by the unique id its producer gave it
     /// (with `--topic`: the topic's queues are scanned, a diagnostic for modest topics).
     Message {
@@ -96,6 +101,15 @@ struct TopicArgs {
     /// Only this broker (default: every master of every cluster).
     #[arg(long)]
     broker: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ScheduleCmd {
+    Status {
+        /// Only this broker (default: every master).
+        #[arg(long)]
+        broker: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -175,6 +189,22 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
                         "{}\t{}\t{}\t{}",
                         b.broker_name, q.queue_id, q.min_offset, q.max_offset
                     );
+                }
+            }
+            Ok(())
+        }
+        AdminCmd::Schedule {
+            cmd: ScheduleCmd::Status { broker },
+        } => {
+            let addrs = match broker {
+                Some(a) => vec![a],
+                None => all_addrs(&ns.cluster_info()?, true),
+            };
+            for addr in addrs {
+                let kv: KeyValues = call_typed(&addr, &Request::GetScheduleStatus(Empty {}))?;
+                println!("broker {addr}");
+                for (k, v) in kv.entries {
+                    println!("  {k}\t{v}");
                 }
             }
             Ok(())

@@ -23,6 +23,12 @@ pub struct SendArgs {
     body: String,
     #[arg(long, default_value_t = 1)]
     count: u64,
+    /// Deliver after this delay level (1 = the first of the broker's levels).
+    #[arg(long, default_value_t = 0)]
+    delay_level: u32,
+    /// Deliver at this time, ms since the epoch.
+    #[arg(long)]
+    deliver_at_ms: Option<i64>,
 }
 
 /// A message's client-side unique id: process, start time and a counter, in hex.
@@ -91,6 +97,8 @@ pub fn run(ns: &Namesrv, a: SendArgs) -> Result<(), String> {
                 .map(|d| d.as_millis() as i64)
                 .unwrap_or(0),
             body: Bytes::from(a.body.clone()),
+            delay_level: a.delay_level,
+            deliver_at_ms: a.deliver_at_ms.unwrap_or(0),
             ..Default::default()
         });
         let (_, r): (Status, SendResult) = call_on(conn, &req, &[])?;

@@ -116,6 +116,14 @@ pub async fn handle(broker: &Broker, frame: Frame, peer: SocketAddr) -> Frame {
             },
         ),
         Request::GetBrokerStatus(_) => response(&h, Status::Success, &status(broker)),
+        Request::GetScheduleStatus(_) => match schedule_status(broker).await {
+            Some(kv) => response(&h, Status::Success, &kv),
+            None => error_response(
+                &h,
+                Status::ServiceNotAvailable,
+                "delayed messages are off on this broker (store.schedule.enabled = false)",
+            ),
+        },
         Request::GetTopicStats(t) => match broker.store.topic(&t.topic) {
             None => error_response(
                 &h,
@@ -542,4 +550,41 @@ fn status(broker: &Broker) -> KeyValues {
         }
     }
     KeyValues { entries }
+}
+
+/// Per level: the delay, the next offset to deliver (the persisted progress) and how many
+/// wait; for the wheel: its minute, its due-time watermark and how many wait.
+async fn schedule_status(broker: &Broker) -> Option<KeyValues> {
+    use shardmq_engine::schedule::plan::SCHEDULE_TOPIC;
+    let progress = broker.store.schedule_progress()?;
+    let levels = broker.store.delay_levels();
+    let mut entries = Vec::new();
+    for (l, d) in levels.iter().enumerate() {
+        let max = queue_range(broker, SCHEDULE_TOPIC, l as u32).await.1;
+        let next = progress.level(l);
+        entries.push((
+            format!("level {} ({} ms)", l + 1, d.as_millis()),
+            format!("next offset {next}, pending {}", max.saturating_sub(next)),
+        ));
+    }
+    let queues = broker
+        .store
+        .topic(SCHEDULE_TOPIC)
+        .map_or(0, |t| t.read_queues);
+    let mut pending = 0u64;
+    for q in levels.len() as u32..queues {
+        if let Some((_, max)) = broker.store.queue_offsets(SCHEDULE_TOPIC, q).await {
+            let done = progress.slots.get(&q).copied().unwrap_or(0);
+            pending += max.saturating_sub(done);
+        }
+    }
+    entries.push((
+        "exact times".to_owned(),
+        format!(
+            "minute {}, delivered up to due time {} ms, pending {pending} (including the \
+             current minutes' delivered ones)",
+            progress.minute, progress.due_upto
+        ),
+    ));
+    Some(KeyValues { entries })
 }
