@@ -35,12 +35,15 @@ enum Command {
     Disk(workloads::disk::DiskArgs),
     /// Appends through the embedded engine (`shardmq-engine`) from tasks on its shards.
     Engine(workloads::engine::EngineArgs),
+    /// Delivery lateness of exact-time delayed messages through the embedded engine.
+    Delay(workloads::delay::DelayArgs),
 }
 
 fn run(command: &Command) -> Result<Report, BenchError> {
     match command {
         Command::Disk(args) => workloads::disk::run(args),
         Command::Engine(args) => workloads::engine::run(args),
+        Command::Delay(args) => workloads::delay::run(args),
     }
 }
 

@@ -2,5 +2,6 @@
 //! `run(&XxxArgs) -> Result<Report, BenchError>`; `main.rs` wires them up and prints the
 //! report.
 
+pub mod delay;
 pub mod disk;
 pub mod engine;

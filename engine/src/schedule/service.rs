@@ -94,36 +94,63 @@ enum Outcome {
     Retry,
 }
 
-/// Reads the delayed message at `offset` of `queue` and makes the copy to deliver.
-async fn fetch(weak: WeakStore, queue: u32, offset: u64) -> Result<MessageInput, Outcome> {
+/// Most messages one read takes.
+const FETCH_RUN: usize = 64;
+
+/// Reads the delayed messages at `offsets` (ascending, of one queue, within `FETCH_RUN` of
+/// the first) in one get, and makes the copies to deliver, in the order asked.
+async fn fetch_run(
+    weak: WeakStore,
+    queue: u32,
+    offsets: Vec<u64>,
+) -> Vec<Result<MessageInput, Outcome>> {
+    let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
+        return Vec::new();
+    };
     let Some(store) = weak.upgrade() else {
-        return Err(Outcome::Retry);
+        return offsets.iter().map(|_| Err(Outcome::Retry)).collect();
     };
     let get = store.get_message(GetRequest {
         group: "SCHEDULE_SERVICE".into(),
         topic: SCHEDULE_TOPIC.into(),
         queue_id: queue,
-        offset,
-        max_messages: 1,
+        offset: first,
+        max_messages: (last - first + 1) as u32,
         max_bytes: u32::MAX,
         filter: TagFilter::All,
     });
     drop(store);
-    let m = match get.await {
-        Ok(r) if r.status == GetStatus::Found => match r.messages.into_iter().next() {
-            Some(m) if m.queue_offset == offset => m,
-            _ => return Err(Outcome::Dropped),
-        },
-        Ok(_) => return Err(Outcome::Dropped),
-        Err(e) => {
-            tracing::warn!(queue, offset, error = %e, "cannot read a delayed message");
-            return Err(Outcome::Retry);
-        }
-    };
+    let mut found: std::collections::HashMap<u64, crate::consumequeue::read::QueueMessage> =
+        match get.await {
+            Ok(r) if r.status == GetStatus::Found => r
+                .messages
+                .into_iter()
+                .map(|m| (m.queue_offset, m))
+                .collect(),
+            Ok(_) => Default::default(),
+            Err(e) => {
+                tracing::warn!(queue, first, error = %e, "cannot read delayed messages");
+                return offsets.iter().map(|_| Err(Outcome::Retry)).collect();
+            }
+        };
+    offsets
+        .iter()
+        .map(|o| match found.remove(o) {
+            Some(m) => copy_of(queue, m),
+            None => Err(Outcome::Dropped),
+        })
+        .collect()
+}
+
+/// The copy to deliver for a delayed message read from `queue`.
+fn copy_of(
+    queue: u32,
+    m: crate::consumequeue::read::QueueMessage,
+) -> Result<MessageInput, Outcome> {
     let Some((topic, queue_id, props)) = delivered(&m.message.properties, &m.msg_id) else {
         tracing::warn!(
             queue,
-            offset,
+            offset = m.queue_offset,
             "a delayed message lacks its real topic: dropped"
         );
         return Err(Outcome::Dropped);
@@ -143,6 +170,9 @@ async fn fetch(weak: WeakStore, queue: u32, offset: u64) -> Result<MessageInput,
     input.born_host = s.born_host;
     Ok(input)
 }
+
+/// A run of reads under way.
+type FetchTask = glommio::task::JoinHandle<Vec<Result<MessageInput, Outcome>>>;
 
 /// A put under way, resolving to how the delivery went.
 type PutOutcome = std::pin::Pin<Box<dyn std::future::Future<Output = Outcome>>>;
@@ -222,14 +252,16 @@ pub async fn level_task(shared: Arc<Shared>, level: usize) {
             .take_while(|(_, t)| *t <= now)
             .map(|(o, _)| *o)
             .collect();
+        // Read in runs, put in queue (= due) order as the reads come in.
         let fetches: Vec<_> = due
-            .iter()
-            .map(|&o| glommio::spawn_local(fetch(shared.store.clone(), queue, o)))
+            .chunks(FETCH_RUN)
+            .map(|run| glommio::spawn_local(fetch_run(shared.store.clone(), queue, run.to_vec())))
             .collect();
-        // Copies are put in queue (= due) order as their reads come in.
-        let mut puts = Vec::with_capacity(fetches.len());
+        let mut puts = Vec::with_capacity(due.len());
         for f in fetches {
-            puts.push(put(&shared.store, f.await));
+            for fetched in f.await {
+                puts.push(put(&shared.store, fetched));
+            }
         }
         // Progress stops at the first delivery that must go again (those after it that went
         // through go again too: at least once).
@@ -275,10 +307,7 @@ pub async fn wheel_task(shared: Arc<Shared>) {
     // minute -> (queue, loaded up to)
     let mut loaded: std::collections::BTreeMap<i64, (u32, u64)> = Default::default();
     let mut pending: std::collections::BTreeSet<(i64, u32, u64)> = Default::default();
-    let mut in_flight: VecDeque<(
-        i64,
-        glommio::task::JoinHandle<Result<MessageInput, Outcome>>,
-    )> = VecDeque::new();
+    let mut in_flight: VecDeque<(Vec<i64>, FetchTask)> = VecDeque::new();
     let mut putting: VecDeque<(i64, PutOutcome)> = VecDeque::new();
     let mut skipped = 0;
     let mut blocked = false;
@@ -318,17 +347,32 @@ pub async fn wheel_task(shared: Arc<Shared>) {
             }
         }
         // Start what is due.
-        while in_flight.len() < WINDOW && pending.first().is_some_and(|&(d, _, _)| d <= now) {
+        // Entries due now, in runs of one queue's offsets read together.
+        while in_flight.len() < WINDOW / 8 && pending.first().is_some_and(|&(d, _, _)| d <= now) {
             let Some((due, q, o)) = pending.pop_first() else {
                 break;
             };
-            let task = glommio::spawn_local(fetch(shared.store.clone(), q, o)).detach();
-            in_flight.push_back((due, task));
+            let (mut dues, mut offsets) = (vec![due], vec![o]);
+            while let Some(&(d, q2, o2)) = pending.first() {
+                let last = offsets[offsets.len() - 1];
+                if d > now || q2 != q || o2 <= last || o2 - offsets[0] >= FETCH_RUN as u64 {
+                    break;
+                }
+                pending.pop_first();
+                dues.push(d);
+                offsets.push(o2);
+            }
+            let task = glommio::spawn_local(fetch_run(shared.store.clone(), q, offsets)).detach();
+            in_flight.push_back((dues, task));
         }
         // Put the fetched copies in due order, as their reads come in.
-        if let Some((due, task)) = in_flight.pop_front() {
-            let fetched = task.await.unwrap_or(Err(Outcome::Retry));
-            putting.push_back((due, put(&shared.store, fetched)));
+        if let Some((dues, task)) = in_flight.pop_front() {
+            let fetched = task
+                .await
+                .unwrap_or_else(|| dues.iter().map(|_| Err(Outcome::Retry)).collect());
+            for (due, f) in dues.into_iter().zip(fetched) {
+                putting.push_back((due, put(&shared.store, f)));
+            }
             if putting.len() < WINDOW && !in_flight.is_empty() {
                 continue;
             }
