@@ -180,12 +180,7 @@ fn a_sigkill_during_delivery_loses_nothing_and_repeats_only_unpersisted() {
     let covered = |p: &Put| -> bool {
         match p.queue.strip_prefix('L') {
             Some(l) => p.offset < progress.level(l.parse().unwrap()),
-            None => {
-                let q = plan.slot_queue(p.due.div_euclid(SLOT_MS));
-                p.offset < progress.slots.get(&q).copied().unwrap_or(0)
-                    || p.due < progress.due_upto
-                    || (p.due == progress.due_upto && progress.at_due >= 1)
-            }
+            None => progress.slot_done(plan.slot_queue(p.due.div_euclid(SLOT_MS)), p.offset),
         }
     };
 

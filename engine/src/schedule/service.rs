@@ -20,6 +20,12 @@ const WINDOW: usize = 256;
 /// How long a task waits for news before it looks again (also bounds how late it notices a
 /// stop).
 const IDLE: Duration = Duration::from_millis(500);
+/// How often the wheel looks for new entries while it has deliveries to wait for, in ms.
+const RELOAD_MS: i64 = 10;
+/// How long before its due time the wheel reads a message, in ms.
+const PREFETCH_MS: i64 = 100;
+/// Read-ahead copies held at most.
+const READY_MAX: usize = 4 * WINDOW;
 /// How long after its minute ends a wheel slot is still drained (puts made in the last
 /// moments of the minute may become visible a little later).
 const GRACE_MS: i64 = 2_000;
@@ -171,6 +177,9 @@ fn copy_of(
     Ok(input)
 }
 
+/// A wheel entry: (due time, slot queue, offset).
+type Due = (i64, u32, u64);
+
 /// A run of reads under way.
 type FetchTask = glommio::task::JoinHandle<Vec<Result<MessageInput, Outcome>>>;
 
@@ -286,184 +295,166 @@ pub async fn level_task(shared: Arc<Shared>, level: usize) {
 /// Delivers exact-time messages for as long as the service runs.
 ///
 /// The wheel keeps the minutes from the oldest not yet retired up to now (and the next one
-/// in the last second of a minute) loaded: their entries in one due-ordered set. Entries are
-/// delivered in due order, so one watermark (due time, and how many at that time) says what
-/// was delivered across all loaded minutes. A minute is retired — its slot's offset saved,
-/// the slot free for the minute `slots` later — once it ended `GRACE_MS` ago and nothing of
-/// it is left.
+/// in the last second of a minute) loaded: their undelivered entries in one due-ordered set.
+/// It reads messages up to `PREFETCH_MS` before they are due and puts each at its due time,
+/// in due order. Progress is by queue offset (a slot's low offset and the delivered ranges
+/// above it), so entries that become visible late, or that are delivered out of queue order,
+/// are never taken for delivered. A minute is retired — its slot's offset saved, the slot
+/// free for the minute `slots` later — once it ended `GRACE_MS` ago and nothing of it is left.
 pub async fn wheel_task(shared: Arc<Shared>) {
     let plan = shared.plan.clone();
     let now_min = now_ms().div_euclid(SLOT_MS);
-    let (mut oldest, skip_upto, skip_at) = {
+    let mut oldest = {
         let p = shared.lock();
         // A persisted minute the wheel has since come round past (a store stopped for
         // longer than the longest delay) is worthless: start just behind now.
         if p.minute > 0 && now_min - p.minute < plan.slots as i64 - 4 {
-            (p.minute, p.due_upto, p.at_due)
+            p.minute
         } else {
-            (now_min - 2, i64::MIN, 0)
+            now_min - 2
         }
     };
     // minute -> (queue, loaded up to)
     let mut loaded: std::collections::BTreeMap<i64, (u32, u64)> = Default::default();
-    let mut pending: std::collections::BTreeSet<(i64, u32, u64)> = Default::default();
-    let mut in_flight: VecDeque<(Vec<i64>, FetchTask)> = VecDeque::new();
-    let mut putting: VecDeque<(i64, PutOutcome)> = VecDeque::new();
-    let mut skipped = 0;
-    let mut blocked = false;
+    let mut pending: std::collections::BTreeSet<Due> = Default::default();
+    let mut in_flight: VecDeque<(Vec<Due>, FetchTask)> = VecDeque::new();
+    let mut ready: VecDeque<(Due, Result<MessageInput, Outcome>)> = VecDeque::new();
+    let mut putting: VecDeque<(Due, PutOutcome)> = VecDeque::new();
     let mut need_load = true;
+    let mut last_load = i64::MIN / 2;
     while !shared.stopped() {
         if shared.store().is_none() {
             return;
         }
         let now = now_ms();
-        // Load the minutes that should be loaded, and what arrived in those already loaded
-        // (after a wait, not between the deliveries of one burst).
+        // Load the minutes that should be loaded, and what arrived in those already loaded.
         let newest = (now + 1_000).div_euclid(SLOT_MS);
-        let to_load = if need_load { newest - oldest + 1 } else { 0 };
-        need_load = false;
-        for m in (oldest..=newest).take(to_load.max(0) as usize) {
-            let q = plan.slot_queue(m);
-            let from = match loaded.get(&m) {
-                Some(&(_, to)) => to,
-                None => shared.lock().slots.get(&q).copied().unwrap_or(0),
-            };
-            let Some(to) = load_slot(&shared, q, from, &mut pending).await else {
-                return;
-            };
-            loaded.insert(m, (q, to));
-        }
-        // What the persisted watermark says was delivered before a restart.
-        if skip_upto != i64::MIN {
-            while let Some(&first) = pending.first() {
-                if first.0 < skip_upto || (first.0 == skip_upto && skipped < skip_at) {
-                    if first.0 == skip_upto {
-                        skipped += 1;
-                    }
-                    pending.pop_first();
-                } else {
-                    break;
-                }
+        if need_load {
+            last_load = now;
+            need_load = false;
+            for m in oldest..=newest {
+                let q = plan.slot_queue(m);
+                let from = match loaded.get(&m) {
+                    Some(&(_, to)) => to,
+                    None => shared.lock().slots.get(&q).copied().unwrap_or(0),
+                };
+                let mut fresh = Vec::new();
+                let Some(to) = load_slot(&shared, q, from, &mut fresh).await else {
+                    return;
+                };
+                loaded.insert(m, (q, to));
+                // Leave out what the progress says was delivered (before a restart).
+                let p = shared.lock();
+                pending.extend(fresh.into_iter().filter(|&(_, q, o)| !p.slot_done(q, o)));
             }
         }
-        // Start what is due.
-        // Entries due now, in runs of one queue's offsets read together.
-        while in_flight.len() < WINDOW / 8 && pending.first().is_some_and(|&(d, _, _)| d <= now) {
-            let Some((due, q, o)) = pending.pop_first() else {
+        // Read ahead what falls due soon, in runs of one queue's offsets.
+        let horizon = now + PREFETCH_MS;
+        while in_flight.len() < WINDOW / 8
+            && ready.len() < READY_MAX
+            && pending.first().is_some_and(|&(d, _, _)| d <= horizon)
+        {
+            let Some(first) = pending.pop_first() else {
                 break;
             };
-            let (mut dues, mut offsets) = (vec![due], vec![o]);
+            let mut run = vec![first];
             while let Some(&(d, q2, o2)) = pending.first() {
-                let last = offsets[offsets.len() - 1];
-                if d > now || q2 != q || o2 <= last || o2 - offsets[0] >= FETCH_RUN as u64 {
+                let last = run[run.len() - 1].2;
+                if d > horizon || q2 != first.1 || o2 <= last || o2 - first.2 >= FETCH_RUN as u64 {
                     break;
                 }
                 pending.pop_first();
-                dues.push(d);
-                offsets.push(o2);
+                run.push((d, q2, o2));
             }
-            let task = glommio::spawn_local(fetch_run(shared.store.clone(), q, offsets)).detach();
-            in_flight.push_back((dues, task));
+            let offsets = run.iter().map(|e| e.2).collect();
+            let task =
+                glommio::spawn_local(fetch_run(shared.store.clone(), first.1, offsets)).detach();
+            in_flight.push_back((run, task));
         }
-        // Put the fetched copies in due order, as their reads come in.
-        if let Some((dues, task)) = in_flight.pop_front() {
+        // Reads that came back wait in due order.
+        if let Some((run, task)) = in_flight.pop_front() {
             let fetched = task
                 .await
-                .unwrap_or_else(|| dues.iter().map(|_| Err(Outcome::Retry)).collect());
-            for (due, f) in dues.into_iter().zip(fetched) {
-                putting.push_back((due, put(&shared.store, f)));
-            }
-            if putting.len() < WINDOW && !in_flight.is_empty() {
-                continue;
-            }
+                .unwrap_or_else(|| run.iter().map(|_| Err(Outcome::Retry)).collect());
+            ready.extend(run.into_iter().zip(fetched));
+        }
+        // Put what is due, in due order.
+        let now = now_ms();
+        while putting.len() < WINDOW && ready.front().is_some_and(|(e, _)| e.0 <= now) {
+            let Some((e, f)) = ready.pop_front() else {
+                break;
+            };
+            putting.push_back((e, put(&shared.store, f)));
         }
         // Settle finished deliveries in order.
-        if let Some((due, p)) = putting.pop_front() {
-            match Some(p.await) {
-                Some(Outcome::Delivered | Outcome::Dropped) if !blocked => {
-                    let mut p = shared.lock();
-                    if p.due_upto == due {
-                        p.at_due += 1;
-                    } else {
-                        p.due_upto = due;
-                        p.at_due = 1;
-                    }
-                    p.minute = oldest;
+        let mut retry = false;
+        while let Some((e, p)) = putting.pop_front() {
+            match p.await {
+                Outcome::Delivered | Outcome::Dropped => shared.lock().mark_slot(e.1, e.2),
+                // Back to pending: it goes again after a pause (the entries of its slot
+                // after it may go first: delivery of exact times is at least once, due
+                // order among what went through).
+                Outcome::Retry => {
+                    pending.insert(e);
+                    retry = true;
                 }
-                Some(Outcome::Delivered | Outcome::Dropped) => {}
-                Some(Outcome::Retry) | None => blocked = true,
             }
-            if !putting.is_empty() || !in_flight.is_empty() {
+            if ready.front().is_some_and(|(e, _)| e.0 <= now_ms()) {
+                break;
+            }
+        }
+        if retry {
+            shared.pause(Duration::from_millis(50)).await;
+            continue;
+        }
+        if !in_flight.is_empty() || ready.front().is_some_and(|(e, _)| e.0 <= now_ms()) {
+            continue;
+        }
+        // Retire the oldest minute once it is over and nothing of it is left.
+        let now = now_ms();
+        if let Some(&(q, to)) = loaded.get(&oldest) {
+            let left = pending.iter().any(|e| e.1 == q)
+                || ready.iter().any(|(e, _)| e.1 == q)
+                || putting.iter().any(|(e, _)| e.1 == q);
+            if now >= (oldest + 1) * SLOT_MS + GRACE_MS && oldest < newest && !left {
+                loaded.remove(&oldest);
+                let mut p = shared.lock();
+                p.retire_slot(q, to);
+                p.minute = oldest + 1;
+                drop(p);
+                oldest += 1;
+                need_load = true;
                 continue;
             }
         }
-        if blocked {
-            // A delivery could not go: start again from the watermark (what was delivered
-            // after it goes again: at least once), after a pause.
-
-            shared.pause(Duration::from_millis(50)).await;
-            pending.clear();
-            loaded.clear();
-            let p = shared.lock().clone();
-            return Box::pin(restart_wheel(shared.clone(), p)).await;
-        }
-        // Retire the oldest minute once it is over and empty.
-        let oldest_done = now >= (oldest + 1) * SLOT_MS + GRACE_MS
-            && in_flight.is_empty()
-            && putting.is_empty()
-            && !pending
-                .iter()
-                .any(|&(_, q, _)| Some(q) == loaded.get(&oldest).map(|l| l.0));
-        if oldest_done && oldest < newest {
-            if let Some((q, to)) = loaded.remove(&oldest) {
-                let mut p = shared.lock();
-                p.slots.insert(q, to);
-                p.minute = oldest + 1;
-            }
-            oldest += 1;
-            need_load = true;
-            continue;
-        }
-        if !in_flight.is_empty() || !putting.is_empty() {
-            continue;
-        }
-        // Nothing to do now: wait for the next due time, a new entry in the newest minute,
-        // or a minute boundary.
-        let next_due = pending.first().map(|&(d, _, _)| d);
+        // Nothing to do now: wait for the next read-ahead or put, a minute boundary, or the
+        // next look for new entries (every `RELOAD_MS`: a message put due sooner than that
+        // waits at most that long; one put further ahead is loaded well before it is due).
+        let next_read = pending.first().map(|&(d, _, _)| d - PREFETCH_MS);
+        let next_put = ready.front().map(|(e, _)| e.0);
         let boundary = (now.div_euclid(SLOT_MS) + 1) * SLOT_MS - 1_000;
-        let mut until = next_due
+        let reload_at = last_load + RELOAD_MS;
+        let mut until = next_read
+            .into_iter()
+            .chain(next_put)
+            .min()
             .unwrap_or(i64::MAX)
-            .min(now + IDLE.as_millis() as i64);
+            .min(reload_at.max(now + 1));
         if boundary > now {
             until = until.min(boundary);
         }
         if oldest < now.div_euclid(SLOT_MS) {
             until = until.min((oldest + 1) * SLOT_MS + GRACE_MS);
         }
-        let wait = Duration::from_millis((until - now).max(1) as u64);
-        need_load = true;
-        let Some(&(q, to)) = loaded.get(&newest) else {
-            shared.pause(wait).await;
-            continue;
-        };
-        let Some(arrived) = shared.wait(q, to, wait) else {
-            return;
-        };
-        futures_lite::future::or(
-            async {
-                arrived.await;
-            },
-            async {
-                let _ = shared.stop.recv_async().await;
-            },
-        )
-        .await;
+        if until > now {
+            shared
+                .pause(Duration::from_millis((until - now) as u64))
+                .await;
+        }
+        if now_ms() >= reload_at {
+            need_load = true;
+        }
     }
-}
-
-/// The wheel from its persisted progress again (after a delivery it had to give up on).
-async fn restart_wheel(shared: Arc<Shared>, _from: Progress) {
-    wheel_task(shared).await
 }
 
 /// Adds a slot's entries from `from` to `pending`; returns how far it loaded.
@@ -471,7 +462,7 @@ async fn load_slot(
     shared: &Shared,
     queue: u32,
     mut from: u64,
-    pending: &mut std::collections::BTreeSet<(i64, u32, u64)>,
+    pending: &mut Vec<Due>,
 ) -> Option<u64> {
     loop {
         let (times, end) = shared.entry_times(queue, from, 4096)?.await;
@@ -479,7 +470,7 @@ async fn load_slot(
             return Some(from.max(end));
         }
         for &(o, due) in &times {
-            pending.insert((due, queue, o));
+            pending.push((due, queue, o));
         }
         from = times.last().map_or(end, |&(o, _)| o + 1);
     }

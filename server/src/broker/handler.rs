@@ -574,17 +574,17 @@ async fn schedule_status(broker: &Broker) -> Option<KeyValues> {
     let mut pending = 0u64;
     for q in levels.len() as u32..queues {
         if let Some((_, max)) = broker.store.queue_offsets(SCHEDULE_TOPIC, q).await {
-            let done = progress.slots.get(&q).copied().unwrap_or(0);
-            pending += max.saturating_sub(done);
+            let low = progress.slots.get(&q).copied().unwrap_or(0);
+            let above: u64 = progress
+                .done
+                .get(&q)
+                .map_or(0, |r| r.iter().map(|(a, b)| b - a).sum());
+            pending += max.saturating_sub(low).saturating_sub(above);
         }
     }
     entries.push((
         "exact times".to_owned(),
-        format!(
-            "minute {}, delivered up to due time {} ms, pending {pending} (including the \
-             current minutes' delivered ones)",
-            progress.minute, progress.due_upto
-        ),
+        format!("oldest open minute {}, pending {pending}", progress.minute),
     ));
     Some(KeyValues { entries })
 }
