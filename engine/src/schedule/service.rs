@@ -412,11 +412,13 @@ pub async fn wheel_task(shared: Arc<Shared>) {
         }
         // Retire the oldest minute once it is over and nothing of it is left.
         let now = now_ms();
-        if let Some(&(q, to)) = loaded.get(&oldest) {
-            let left = pending.iter().any(|e| e.1 == q)
+        let over = now >= (oldest + 1) * SLOT_MS + GRACE_MS && oldest < newest;
+        if let Some(&(q, to)) = loaded.get(&oldest).filter(|_| over) {
+            // Its entries are due before every later minute's: only the front can be its.
+            let left = pending.first().is_some_and(|e| e.1 == q)
                 || ready.iter().any(|(e, _)| e.1 == q)
                 || putting.iter().any(|(e, _)| e.1 == q);
-            if now >= (oldest + 1) * SLOT_MS + GRACE_MS && oldest < newest && !left {
+            if !left {
                 loaded.remove(&oldest);
                 let mut p = shared.lock();
                 p.retire_slot(q, to);
