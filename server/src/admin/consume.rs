@@ -32,6 +32,23 @@ pub struct ConsumeArgs {
     timeout_ms: u64,
 }
 
+/// The readable queue groups of a route, with their master's address.
+fn readable(
+    route: &shardmq_protocol::message::TopicRoute,
+) -> impl Iterator<Item = (&shardmq_protocol::message::QueueData, &str)> {
+    route
+        .queues
+        .iter()
+        .filter(|q| q.perm & 4 != 0)
+        .filter_map(|q| {
+            let b = route
+                .brokers
+                .iter()
+                .find(|b| b.broker_name == q.broker_name)?;
+            Some((q, master(b)?))
+        })
+}
+
 pub fn print_message(m: &WireMessage, broker: &str) {
     println!(
         "msg_id={} unique_id={} broker={broker} queue={} offset={} tags={} keys={} body={}",
@@ -56,15 +73,7 @@ pub fn run(ns: &Namesrv, a: ConsumeArgs) -> Result<(), String> {
     let route = ns.route(&a.topic)?;
     let mut brokers: Vec<(String, Conn)> = Vec::new();
     let mut cursors = Vec::new();
-    for q in route.queues.iter().filter(|q| q.perm & 4 != 0) {
-        let Some(b) = route
-            .brokers
-            .iter()
-            .find(|b| b.broker_name == q.broker_name)
-        else {
-            continue;
-        };
-        let Some(addr) = master(b) else { continue };
+    for (q, addr) in readable(&route) {
         let mut conn = Conn::connect(addr, TIMEOUT).map_err(|e| e.to_string())?;
         let bi = brokers.len();
         for queue_id in 0..q.read_queues {
@@ -189,15 +198,7 @@ pub fn run(ns: &Namesrv, a: ConsumeArgs) -> Result<(), String> {
 /// Scans every queue of `topic` for the message whose producer gave it `unique_id`.
 pub fn find_unique(ns: &Namesrv, topic: &str, unique_id: &str) -> Result<(), String> {
     let route = ns.route(topic)?;
-    for q in route.queues.iter().filter(|q| q.perm & 4 != 0) {
-        let Some(b) = route
-            .brokers
-            .iter()
-            .find(|b| b.broker_name == q.broker_name)
-        else {
-            continue;
-        };
-        let Some(addr) = master(b) else { continue };
+    for (q, addr) in readable(&route) {
         let mut conn = Conn::connect(addr, TIMEOUT).map_err(|e| e.to_string())?;
         for queue_id in 0..q.read_queues {
             let mut offset = 0;

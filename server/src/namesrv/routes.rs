@@ -90,17 +90,7 @@ impl RouteTable {
             return None;
         }
         Some(TopicRoute {
-            brokers: groups
-                .into_iter()
-                .map(|((cluster, name), mut addrs)| {
-                    addrs.sort();
-                    BrokerData {
-                        cluster: cluster.to_owned(),
-                        broker_name: name.to_owned(),
-                        addrs,
-                    }
-                })
-                .collect(),
+            brokers: broker_data(groups),
             queues: queues.into_values().map(|(_, q)| q).collect(),
         })
     }
@@ -120,17 +110,7 @@ impl RouteTable {
                 .insert(&b.broker_name);
         }
         ClusterInfo {
-            brokers: groups
-                .into_iter()
-                .map(|((cluster, name), mut addrs)| {
-                    addrs.sort();
-                    BrokerData {
-                        cluster: cluster.to_owned(),
-                        broker_name: name.to_owned(),
-                        addrs,
-                    }
-                })
-                .collect(),
+            brokers: broker_data(groups),
             clusters: clusters
                 .into_iter()
                 .map(|(c, names)| (c.to_owned(), names.into_iter().map(str::to_owned).collect()))
@@ -147,6 +127,21 @@ impl RouteTable {
             .collect();
         set.into_iter().map(str::to_owned).collect()
     }
+}
+
+/// Broker groups as the wire lists them, each group's addresses sorted by broker id.
+fn broker_data(groups: BTreeMap<(&str, &str), Vec<(u64, String)>>) -> Vec<BrokerData> {
+    groups
+        .into_iter()
+        .map(|((cluster, name), mut addrs)| {
+            addrs.sort();
+            BrokerData {
+                cluster: cluster.to_owned(),
+                broker_name: name.to_owned(),
+                addrs,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
