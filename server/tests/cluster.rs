@@ -95,6 +95,10 @@ fn admin_send_and_consume_round_trip_a_message_as_the_readme_shows() {
     assert!(!ok && err.contains("no broker holds"), "{err}");
     let (ok, out, _) = admin(&ns, &["queue", "offsets", "--topic", "Hello"]);
     assert!(ok && out.lines().count() == 5, "{out}");
+    let (ok, _, err) = admin(&ns, &["topic", "delete", "--topic", "Nope"]);
+    assert!(!ok && err.contains("TopicNotExist"), "{err}");
+    let (ok, out, err) = admin(&ns, &["topic", "delete", "--topic", "Hello"]);
+    assert!(ok && out.contains("deleted"), "{out}{err}");
 }
 
 fn route_has_broker(ns: &str, topic: &str) -> bool {

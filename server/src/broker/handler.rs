@@ -106,7 +106,7 @@ pub async fn handle(broker: &Broker, frame: Frame, peer: SocketAddr) -> Frame {
                 broker.topics_changed();
                 response(&h, Status::Success, &Empty {})
             }
-            Err(e) => error_response(&h, Status::TopicNotExist, e.to_string()),
+            Err(e) => error_response(&h, admin_status(&e), e.to_string()),
         },
         Request::GetAllTopicConfig(_) => response(
             &h,
@@ -492,7 +492,18 @@ fn create_topic(broker: &Broker, h: &Header, t: TopicConfigData) -> Frame {
             broker.topics_changed();
             response(h, Status::Success, &Empty {})
         }
-        Err(e) => error_response(h, Status::BadRequest, e.to_string()),
+        Err(e) => error_response(h, admin_status(&e), e.to_string()),
+    }
+}
+
+/// The status of a topic administration failure.
+fn admin_status(e: &shardmq_engine::TopicAdminError) -> Status {
+    use shardmq_engine::{TopicAdminError as A, TopicError as T};
+    match e {
+        A::Topic(T::NotFound { .. }) => Status::TopicNotExist,
+        A::Topic(_) => Status::BadRequest,
+        A::Deleting { .. } => Status::ServiceNotAvailable,
+        A::File(_) | A::DeleteIncomplete { .. } => Status::SystemError,
     }
 }
 
