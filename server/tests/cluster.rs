@@ -252,3 +252,66 @@ fn a_delayed_admin_send_arrives_after_its_level_and_shows_in_schedule_status() {
     );
     assert!(!ok && err.contains("longest delay"), "{err}");
 }
+
+#[test]
+fn the_client_producer_sends_delayed_messages_by_level_and_by_time() {
+    use shardmq_client::{Message, MessageQueue, Producer, PullConsumer, PullStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(dir.path(), &["--set", "store.schedule.levels=\"300ms 1s\""]);
+    let ns = broker.get("namesrv");
+    let mut c = connect(&broker.get("broker"));
+    create_topic(&mut c, "ViaClient", 1);
+    // The broker registers the new topic with the NameServer right away; wait for it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !route_has_broker(&ns, "ViaClient") {
+        assert!(Instant::now() < deadline, "the topic should be routed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let producer = Producer::builder()
+        .namesrv_addr(ns.clone())
+        .group("p")
+        .build()
+        .unwrap();
+    producer.start().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let sent = Instant::now();
+    producer
+        .send(Message::new("ViaClient", "by level").with_delay_level(1))
+        .unwrap();
+    producer
+        .send(Message::new("ViaClient", "by time").with_deliver_at_ms(now + 500))
+        .unwrap();
+    let consumer = PullConsumer::builder()
+        .namesrv_addr(ns)
+        .group("c")
+        .build()
+        .unwrap();
+    consumer.start().unwrap();
+    let q = MessageQueue {
+        topic: "ViaClient".into(),
+        broker_name: "broker-a".into(),
+        queue_id: 0,
+    };
+    let mut bodies = Vec::new();
+    let mut offset = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while bodies.len() < 2 {
+        assert!(Instant::now() < deadline, "got {bodies:?}");
+        let r = consumer
+            .pull(&q, offset, 8, Duration::from_secs(1))
+            .unwrap();
+        if r.status == PullStatus::Found {
+            for m in r.messages {
+                assert!(m.properties.iter().any(|(k, _)| k == "ORIGIN_MSG_ID"));
+                bodies.push(String::from_utf8(m.body.to_vec()).unwrap());
+                offset = m.queue_offset + 1;
+            }
+        }
+    }
+    assert!(sent.elapsed() >= Duration::from_millis(500));
+    bodies.sort();
+    assert_eq!(bodies, vec!["by level", "by time"]);
+}
