@@ -1,6 +1,8 @@
-//! Consumers. [`PullConsumer`] reads queues at offsets the caller manages; a push consumer
-//! (rebalance, listener, retry topics) is to be built on it.
+//! Consumers. [`PullConsumer`] reads queues at offsets the caller manages; `rebalance` is
+//! the pure queue allocation a push consumer group shares its topics with (the push consumer
+//! itself — listener, retry topics — is to be built on these).
 
 pub mod pull;
+pub mod rebalance;
 
 pub use pull::{PullConsumer, PullConsumerBuilder, PullOptions, PullResult, PullStatus};
