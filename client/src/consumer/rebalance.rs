@@ -91,7 +91,7 @@ pub fn allocate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::{any, prop_assert, prop_assert_eq, proptest};
+    use proptest::prelude::{prop_assert, prop_assert_eq, proptest};
 
     fn queues(n: u32) -> Vec<MessageQueue> {
         (0..n)
