@@ -2,6 +2,7 @@
 //! the pure queue allocation a push consumer group shares its topics with (the push consumer
 //! itself — listener, retry topics — is to be built on these).
 
+pub mod process_queue;
 pub mod pull;
 pub mod rebalance;
 
