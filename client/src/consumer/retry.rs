@@ -1,0 +1,82 @@
+//! Where a message a listener failed goes next (RocketMQ's consume-back rule). Pure.
+//!
+//! A failed message goes back to the broker for the group's retry topic `%RETRY%<group>`
+//! with delay level `3 + reconsume_times` (10 s, 30 s, 1 m, 2 m, ... with the default
+//! levels), so the broker's schedule service does the waiting; after `max_reconsume_times`
+//! (16 by default) it goes to the group's dead-letter topic `%DLQ%<group>` instead.
+
+pub const RETRY_PREFIX: &str = "%RETRY%";
+pub const DLQ_PREFIX: &str = "%DLQ%";
+pub const MAX_RECONSUME_TIMES: u32 = 16;
+
+pub fn retry_topic(group: &str) -> String {
+    format!("{RETRY_PREFIX}{group}")
+}
+
+pub fn dlq_topic(group: &str) -> String {
+    format!("{DLQ_PREFIX}{group}")
+}
+
+/// Where a failed message is sent back to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendBack {
+    /// To the retry topic, delayed by this level; its reconsume count becomes `times`.
+    Retry {
+        topic: String,
+        delay_level: u32,
+        times: u32,
+    },
+    /// To the dead-letter topic, for good.
+    DeadLetter { topic: String },
+}
+
+/// The next stop of a message consumed `reconsume_times` times before and failed again.
+pub fn after_failure(group: &str, reconsume_times: u32, max_reconsume_times: u32) -> SendBack {
+    if reconsume_times >= max_reconsume_times {
+        return SendBack::DeadLetter {
+            topic: dlq_topic(group),
+        };
+    }
+    SendBack::Retry {
+        topic: retry_topic(group),
+        delay_level: 3 + reconsume_times,
+        times: reconsume_times + 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_by_level_then_go_to_the_dead_letter_queue() {
+        assert_eq!(
+            after_failure("g", 0, MAX_RECONSUME_TIMES),
+            SendBack::Retry {
+                topic: "%RETRY%g".into(),
+                delay_level: 3,
+                times: 1
+            }
+        );
+        assert_eq!(
+            after_failure("g", 15, MAX_RECONSUME_TIMES),
+            SendBack::Retry {
+                topic: "%RETRY%g".into(),
+                delay_level: 18,
+                times: 16
+            }
+        );
+        assert_eq!(
+            after_failure("g", 16, MAX_RECONSUME_TIMES),
+            SendBack::DeadLetter {
+                topic: "%DLQ%g".into()
+            }
+        );
+        assert_eq!(
+            after_failure("g", 2, 2),
+            SendBack::DeadLetter {
+                topic: "%DLQ%g".into()
+            }
+        );
+    }
+}
