@@ -253,14 +253,39 @@ fn topic(ns: &Namesrv, cmd: TopicCmd) -> Result<(), String> {
             if addrs.is_empty() {
                 return Err("no broker is registered with the NameServer".into());
             }
-            for addr in addrs {
-                let _: Empty = call_typed(&addr, &Request::CreateTopic(cfg.clone()))?;
+            for addr in &addrs {
+                let _: Empty = call_typed(addr, &Request::CreateTopic(cfg.clone()))?;
                 println!(
                     "topic {} on {addr}: {} read / {} write queues",
                     cfg.topic, cfg.read_queues, cfg.write_queues
                 );
             }
-            Ok(())
+            // The brokers register the change at once; return when the route shows it, so
+            // that a send or consume right after finds the topic.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let routed = ns
+                    .route(&cfg.topic)
+                    .map(|r| {
+                        addrs.iter().all(|a| {
+                            r.brokers
+                                .iter()
+                                .any(|b| b.addrs.iter().any(|(_, x)| x == a))
+                        })
+                    })
+                    .unwrap_or(false);
+                if routed {
+                    return Ok(());
+                }
+                if std::time::Instant::now() > deadline {
+                    eprintln!(
+                        "warning: the NameServer does not route topic {} yet",
+                        cfg.topic
+                    );
+                    return Ok(());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         TopicCmd::Delete { topic } => {
             for addr in all_addrs(&ns.cluster_info()?, true) {

@@ -27,12 +27,14 @@ impl Registrar {
         topics_changed: flume::Receiver<()>,
     ) -> Registrar {
         let (stop_tx, stop_rx) = flume::bounded::<()>(1);
+        // The first registration before start-up returns: once the broker says it is ready,
+        // the NameServers route to it.
+        register_all(&broker, &advertised, &namesrv);
         let thread = std::thread::Builder::new()
             .name("namesrv-register".into())
             .spawn(move || {
                 let every = ms(broker.settings.register_interval_ms);
                 loop {
-                    register_all(&broker, &advertised, &namesrv);
                     let woke = flume::Selector::new()
                         .recv(&stop_rx, |_| true)
                         .recv(&topics_changed, |_| false)
@@ -40,6 +42,7 @@ impl Registrar {
                     if woke == Ok(true) {
                         break;
                     }
+                    register_all(&broker, &advertised, &namesrv);
                 }
                 let s = &broker.settings;
                 let req = Request::UnregisterBroker(UnregisterBrokerRequest {
