@@ -59,6 +59,7 @@ wire_enum! {
         // Broker: clients.
         Heartbeat = 30,
         UnregisterClient = 31,
+        GetConsumerList = 32,
         // Broker: administration.
         CreateTopic = 40,
         DeleteTopic = 41,

@@ -203,6 +203,13 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// GetConsumerList: the live members of a consumer group.
+    pub struct GroupRequest {
+        pub group: String,
+    }
+}
+
+wire_struct! {
     pub struct UnregisterClientRequest {
         pub client_id: String,
         pub producer_group: String,
@@ -421,6 +428,7 @@ requests! {
     SearchOffsetByTime(SearchOffsetRequest) => OffsetResponse,
     Heartbeat(HeartbeatRequest) => Empty,
     UnregisterClient(UnregisterClientRequest) => Empty,
+    GetConsumerList(GroupRequest) => NameList,
     CreateTopic(TopicConfigData) => Empty,
     DeleteTopic(TopicRequest) => Empty,
     GetAllTopicConfig(Empty) => TopicConfigList,

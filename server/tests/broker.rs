@@ -314,3 +314,51 @@ fn the_metrics_endpoint_counts_sends_latencies_and_lag() {
     );
     assert!(text.contains("shardmq_disk_used_ratio "), "{text}");
 }
+
+#[test]
+fn consumer_group_members_follow_heartbeats_and_unregistrations() {
+    use shardmq_protocol::message::{
+        ConsumerData, GroupRequest, HeartbeatRequest, NameList, UnregisterClientRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(dir.path(), &[]);
+    let mut conn = connect(&broker.get("broker"));
+    let beat = |conn: &mut shardmq_server::rpc::Conn, id: &str, group: &str| {
+        let _: (_, Empty) = call(
+            conn,
+            &Request::Heartbeat(HeartbeatRequest {
+                client_id: id.into(),
+                producer_groups: vec![],
+                consumers: vec![ConsumerData {
+                    group: group.into(),
+                    message_model: 0,
+                    consume_from: 0,
+                    subscriptions: vec![("T".into(), "*".into())],
+                }],
+            }),
+            &[],
+        );
+    };
+    beat(&mut conn, "c2", "G");
+    beat(&mut conn, "c1", "G");
+    beat(&mut conn, "c3", "Other");
+    let members = |conn: &mut shardmq_server::rpc::Conn| {
+        let (_, l): (_, NameList) = call(
+            conn,
+            &Request::GetConsumerList(GroupRequest { group: "G".into() }),
+            &[],
+        );
+        l.names
+    };
+    assert_eq!(members(&mut conn), vec!["c1".to_string(), "c2".to_string()]);
+    let _: (_, Empty) = call(
+        &mut conn,
+        &Request::UnregisterClient(UnregisterClientRequest {
+            client_id: "c1".into(),
+            producer_group: String::new(),
+            consumer_group: "G".into(),
+        }),
+        &[],
+    );
+    assert_eq!(members(&mut conn), vec!["c2".to_string()]);
+}

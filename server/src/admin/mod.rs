@@ -53,6 +53,11 @@ enum AdminCmd {
     Send(send::SendArgs),
     /// Pulls messages of a topic for a group and prints them.
     Consume(consume::ConsumeArgs),
+    /// Consumer groups: their live members on every broker.
+    Group {
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
     /// Delayed messages: progress per level and of the exact-time wheel.
     Schedule {
         #[command(subcommand)]
@@ -101,6 +106,14 @@ struct TopicArgs {
     /// Only this broker (default: every master of every cluster).
     #[arg(long)]
     broker: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum GroupCmd {
+    Members {
+        #[arg(long)]
+        group: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -189,6 +202,22 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
                         "{}\t{}\t{}\t{}",
                         b.broker_name, q.queue_id, q.min_offset, q.max_offset
                     );
+                }
+            }
+            Ok(())
+        }
+        AdminCmd::Group {
+            cmd: GroupCmd::Members { group },
+        } => {
+            for addr in all_addrs(&ns.cluster_info()?, true) {
+                let members: NameList = call_typed(
+                    &addr,
+                    &Request::GetConsumerList(shardmq_protocol::message::GroupRequest {
+                        group: group.clone(),
+                    }),
+                )?;
+                for m in members.names {
+                    println!("{addr}\t{group}\t{m}");
                 }
             }
             Ok(())

@@ -22,8 +22,21 @@ impl Clients {
             .insert(hb.client_id.clone(), (hb, Instant::now()));
     }
 
-    pub fn unregister(&self, client_id: &str) {
-        self.lock().remove(client_id);
+    /// Forgets a client at once (its graceful shutdown), or only its membership of one
+    /// consumer group when `group` is given and it has others.
+    pub fn unregister(&self, client_id: &str, group: &str) {
+        let mut table = self.lock();
+        let forget = match table.get_mut(client_id) {
+            Some((hb, _)) if !group.is_empty() => {
+                hb.consumers.retain(|c| c.group != group);
+                hb.consumers.is_empty() && hb.producer_groups.is_empty()
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if forget {
+            table.remove(client_id);
+        }
     }
 
     /// Drops clients silent longer than `ttl`.
@@ -35,5 +48,22 @@ impl Clients {
 
     pub fn count(&self) -> usize {
         self.lock().len()
+    }
+
+    /// The client ids of a consumer group's live members, sorted (what every member's
+    /// rebalance allocates over).
+    pub fn members(&self, group: &str, ttl: Duration) -> Vec<String> {
+        let now = Instant::now();
+        let mut ids: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, (hb, seen))| {
+                now.saturating_duration_since(*seen) <= ttl
+                    && hb.consumers.iter().any(|c| c.group == group)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
     }
 }

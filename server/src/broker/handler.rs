@@ -19,6 +19,9 @@ use shardmq_protocol::{error_response, response, Frame, Header, Request, Status}
 use super::check::{self, put_refusal, read_refusal, Refusal};
 use super::Broker;
 
+/// A client silent this long is no longer a member of its groups (RocketMQ: 120 s).
+pub const CLIENT_TTL: Duration = Duration::from_secs(120);
+
 /// The property a message's client-generated unique id is stored under.
 pub const UNIQ_KEY: &str = "UNIQ_KEY";
 
@@ -96,9 +99,16 @@ pub async fn handle(broker: &Broker, frame: Frame, peer: SocketAddr) -> Frame {
             response(&h, Status::Success, &Empty {})
         }
         Request::UnregisterClient(r) => {
-            broker.clients.unregister(&r.client_id);
+            broker.clients.unregister(&r.client_id, &r.consumer_group);
             response(&h, Status::Success, &Empty {})
         }
+        Request::GetConsumerList(g) => response(
+            &h,
+            Status::Success,
+            &shardmq_protocol::message::NameList {
+                names: broker.clients.members(&g.group, CLIENT_TTL),
+            },
+        ),
         Request::CreateTopic(t) => create_topic(broker, &h, t),
         Request::DeleteTopic(t) => match broker.store.delete_topic(&t.topic).await {
             Ok(_) => {

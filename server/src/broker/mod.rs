@@ -203,7 +203,7 @@ pub fn start(
                 if let Err(e) = b.offsets.persist() {
                     tracing::error!(error = %e, "cannot persist consumer offsets");
                 }
-                b.clients.expire(Duration::from_secs(120));
+                b.clients.expire(handler::CLIENT_TTL);
                 if stopped {
                     return;
                 }
