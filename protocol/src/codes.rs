@@ -60,6 +60,7 @@ wire_enum! {
         Heartbeat = 30,
         UnregisterClient = 31,
         GetConsumerList = 32,
+        ConsumerSendBack = 33,
         // Broker: administration.
         CreateTopic = 40,
         DeleteTopic = 41,

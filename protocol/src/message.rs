@@ -210,6 +210,20 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// ConsumerSendBack: a message the group's listener failed goes back to the broker, to
+    /// be delivered again later through the group's retry topic (or to its dead-letter topic
+    /// once it was reconsumed `max_reconsume_times` times).
+    pub struct ConsumerSendBackRequest {
+        pub group: String,
+        /// The broker message id of the message that failed.
+        pub msg_id: String,
+        /// How many times it was consumed again before this failure.
+        pub reconsume_times: u32,
+        pub max_reconsume_times: u32,
+    }
+}
+
+wire_struct! {
     pub struct UnregisterClientRequest {
         pub client_id: String,
         pub producer_group: String,
@@ -429,6 +443,7 @@ requests! {
     Heartbeat(HeartbeatRequest) => Empty,
     UnregisterClient(UnregisterClientRequest) => Empty,
     GetConsumerList(GroupRequest) => NameList,
+    ConsumerSendBack(ConsumerSendBackRequest) => Empty,
     CreateTopic(TopicConfigData) => Empty,
     DeleteTopic(TopicRequest) => Empty,
     GetAllTopicConfig(Empty) => TopicConfigList,

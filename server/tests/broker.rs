@@ -362,3 +362,71 @@ fn consumer_group_members_follow_heartbeats_and_unregistrations() {
     );
     assert_eq!(members(&mut conn), vec!["c2".to_string()]);
 }
+
+#[test]
+fn a_message_sent_back_goes_to_the_retry_topic_delayed_then_to_the_dead_letter_topic() {
+    use shardmq_protocol::message::ConsumerSendBackRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(
+        dir.path(),
+        &["--set", "store.schedule.levels=\"10ms 20ms 300ms 40ms\""],
+    );
+    let mut conn = connect(&broker.get("broker"));
+    create_topic(&mut conn, "Work", 1);
+    let (_, sent): (_, SendResult) = call(
+        &mut conn,
+        &send_req("Work", 0, Bytes::from_static(b"job")),
+        &[],
+    );
+    let back = |conn: &mut shardmq_server::rpc::Conn, times: u32| {
+        let _: (_, Empty) = call(
+            conn,
+            &Request::ConsumerSendBack(ConsumerSendBackRequest {
+                group: "G".into(),
+                msg_id: sent.msg_id.clone(),
+                reconsume_times: times,
+                max_reconsume_times: 16,
+            }),
+            &[],
+        );
+    };
+    let backed = std::time::Instant::now();
+    back(&mut conn, 0);
+    // Delay level 3 (300 ms here), then in %RETRY%G with its origin.
+    let deadline = std::time::Instant::now() + TIMEOUT * 3;
+    let retried = loop {
+        let (status, r): (_, PullMessageResponse) = call(
+            &mut conn,
+            &pull_req("%RETRY%G", 0, 0, 1000),
+            &[Status::PullNotFound],
+        );
+        if status == Status::Success {
+            break r.messages[0].clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never retried");
+    };
+    assert!(
+        backed.elapsed() >= std::time::Duration::from_millis(300),
+        "retried before its delay"
+    );
+    assert_eq!(&retried.body[..], b"job");
+    assert_eq!(retried.reconsume_times, 1);
+    let prop = |k: &str| {
+        retried
+            .properties
+            .iter()
+            .find(|(p, _)| p == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(prop("RETRY_TOPIC").as_deref(), Some("Work"));
+    assert_eq!(prop("ORIGIN_MSG_ID").as_deref(), Some(sent.msg_id.as_str()));
+    // Past the reconsume limit: the dead-letter topic, at once.
+    back(&mut conn, 16);
+    let (status, r): (_, PullMessageResponse) = call(
+        &mut conn,
+        &pull_req("%DLQ%G", 0, 0, 5000),
+        &[Status::PullNotFound],
+    );
+    assert_eq!(status, Status::Success);
+    assert_eq!(&r.messages[0].body[..], b"job");
+}

@@ -5,6 +5,5 @@
 pub mod process_queue;
 pub mod pull;
 pub mod rebalance;
-pub mod retry;
 
 pub use pull::{PullConsumer, PullConsumerBuilder, PullOptions, PullResult, PullStatus};

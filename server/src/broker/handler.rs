@@ -102,6 +102,7 @@ pub async fn handle(broker: &Broker, frame: Frame, peer: SocketAddr) -> Frame {
             broker.clients.unregister(&r.client_id, &r.consumer_group);
             response(&h, Status::Success, &Empty {})
         }
+        Request::ConsumerSendBack(r) => send_back(broker, &h, r).await,
         Request::GetConsumerList(g) => response(
             &h,
             Status::Success,
@@ -608,4 +609,79 @@ async fn schedule_status(broker: &Broker) -> Option<KeyValues> {
         format!("oldest open minute {}, pending {pending}", progress.minute),
     ));
     Some(KeyValues { entries })
+}
+
+/// A message the group failed goes to its retry topic, delayed by the consume-back rule, or
+/// to its dead-letter topic; the copy keeps the body, tags, keys and properties, with the
+/// original topic and message id.
+async fn send_back(
+    broker: &Broker,
+    h: &Header,
+    r: shardmq_protocol::message::ConsumerSendBackRequest,
+) -> Frame {
+    use super::sendback::{after_failure, SendBack};
+    let ours = shardmq_engine::msgid::decode(&r.msg_id)
+        .map(|(shard, offset)| shardmq_engine::msgid::encode(broker.store_host, shard, offset))
+        .is_some_and(|again| again.eq_ignore_ascii_case(&r.msg_id));
+    let original = match ours {
+        true => broker.store.message_by_id(&r.msg_id).await.ok(),
+        false => None,
+    };
+    let Some(m) = original else {
+        return error_response(
+            h,
+            Status::QueryNotFound,
+            format!("no message with id {:?} on this broker", r.msg_id),
+        );
+    };
+    let (topic, delay_level, times) =
+        match after_failure(&r.group, r.reconsume_times, r.max_reconsume_times) {
+            SendBack::Retry {
+                topic,
+                delay_level,
+                times,
+            } => (topic, delay_level, times),
+            SendBack::DeadLetter { topic } => (topic, 0, r.reconsume_times),
+        };
+    // The retry and dead-letter topics are the broker's own: created on first use.
+    if broker.store.topic(&topic).is_none() {
+        let _ = broker
+            .store
+            .create_topic(&topic, 1, 1, shardmq_engine::Perm::READ_WRITE);
+        broker.topics_changed();
+    }
+    let prop = |k: &str| m.property(k).map(str::to_owned);
+    let origin_topic = prop("RETRY_TOPIC").unwrap_or_else(|| m.topic.clone());
+    let origin_id = prop("ORIGIN_MSG_ID").unwrap_or_else(|| r.msg_id.clone());
+    let mut input = MessageInput::new(topic, 0, m.body.clone());
+    input.tags = prop("TAGS");
+    input.keys = prop("KEYS");
+    input.properties = m
+        .properties
+        .iter()
+        .filter(|(k, _)| {
+            !matches!(
+                k.as_str(),
+                "TAGS" | "KEYS" | "RETRY_TOPIC" | "ORIGIN_MSG_ID"
+            )
+        })
+        .cloned()
+        .collect();
+    input.properties.push(("RETRY_TOPIC".into(), origin_topic));
+    input.properties.push(("ORIGIN_MSG_ID".into(), origin_id));
+    if delay_level > 0 {
+        input.properties.push((
+            shardmq_engine::schedule::plan::PROP_DELAY_LEVEL.into(),
+            delay_level.to_string(),
+        ));
+    }
+    input.flag = m.flag;
+    input.sys_flag = m.sys_flag;
+    input.reconsume_times = times;
+    input.born_timestamp_ms = m.born_timestamp_ms;
+    input.born_host = m.born_host;
+    match broker.store.put_message(input).await {
+        Ok(_) => response(h, Status::Success, &Empty {}),
+        Err(e) => refused(h, put_refusal(&e)),
+    }
 }

@@ -10,6 +10,7 @@ pub mod handler;
 pub mod metrics;
 pub mod offsets;
 mod register;
+pub mod sendback;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,4 +1,5 @@
-//! Where a message a listener failed goes next (RocketMQ's consume-back rule). Pure.
+//! Where a message a consumer's listener failed goes next (RocketMQ's consume-back rule):
+//! the rule is pure; the handler (`handler.rs`, `ConsumerSendBack`) applies it.
 //!
 //! A failed message goes back to the broker for the group's retry topic `%RETRY%<group>`
 //! with delay level `3 + reconsume_times` (10 s, 30 s, 1 m, 2 m, ... with the default
