@@ -428,18 +428,11 @@ impl ConsumeQueues {
             let mut at = req.offset;
             let mut cold = cold.into_iter().flatten().peekable();
             while at < max && candidates.len() < want && at - req.offset < scan as u64 {
-                let found = match cold.peek() {
-                    Some(&(o, e)) if o == at => {
-                        cold.next();
-                        Some(e)
-                    }
-                    _ => q.entry(at).copied(),
-                };
-                // Not in memory nor in what was read from the cold file (past its blocks):
-                // the next get goes on from here.
-                if found.is_none() && at < q.hot_start {
+                // Not in memory nor in what was read from the cold file: the next get goes on
+                // from here.
+                let Some(found) = entry_at(q, &mut cold, at) else {
                     break;
-                }
+                };
                 if let Some(e) =
                     found.filter(|e| !e.is_skip() && req.filter.matches_hash(e.tag_hash))
                 {
@@ -526,16 +519,9 @@ impl ConsumeQueues {
         let mut cold = cold.into_iter().peekable();
         let mut at = from.max(q.min);
         while at < end && out.len() < max {
-            let found = match cold.peek() {
-                Some(&(o, e)) if o == at => {
-                    cold.next();
-                    Some(e)
-                }
-                _ => q.entry(at).copied(),
-            };
-            if found.is_none() && at < q.hot_start {
+            let Some(found) = entry_at(q, &mut cold, at) else {
                 break;
-            }
+            };
             if let Some(e) = found.filter(|e| !e.is_skip()) {
                 out.push((at, e.time_ms));
             }
@@ -556,6 +542,27 @@ impl ConsumeQueues {
 
 /// The read cache's block: the largest power of two up to `READ_BLOCK_BYTES_MAX` that divides
 /// the segment size (so no block spans two segments).
+/// The entry at `at` of queue `q`: from the cold entries read for this walk (taken in order)
+/// or from memory. `None` when it is in neither — a cold entry past the blocks that were
+/// read — and the walk stops there.
+fn entry_at(
+    q: &super::Queue,
+    cold: &mut std::iter::Peekable<impl Iterator<Item = (u64, QueueEntry)>>,
+    at: u64,
+) -> Option<Option<QueueEntry>> {
+    let found = match cold.peek() {
+        Some(&(o, e)) if o == at => {
+            cold.next();
+            Some(e)
+        }
+        _ => q.entry(at).copied(),
+    };
+    if found.is_none() && at < q.hot_start {
+        return None;
+    }
+    Some(found)
+}
+
 fn read_block_bytes(segment_bytes: u64) -> u64 {
     let mut block = READ_BLOCK_BYTES_MAX;
     while block > 1 && segment_bytes % block != 0 {
