@@ -95,6 +95,43 @@ fn admin_send_and_consume_round_trip_a_message_as_the_readme_shows() {
     assert!(!ok && err.contains("no broker holds"), "{err}");
     let (ok, out, _) = admin(&ns, &["queue", "offsets", "--topic", "Hello"]);
     assert!(ok && out.lines().count() == 5, "{out}");
+    // The group consumed both messages of one queue: progress shows it, and a reset to the
+    // beginning of time moves it back.
+    let (ok, out, err) = admin(
+        &ns,
+        &["group", "progress", "--group", "g", "--topic", "Hello"],
+    );
+    assert!(ok, "{err}");
+    let lags: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit('\t').next().unwrap())
+        .collect();
+    assert_eq!(lags, vec!["0"; 4], "{out}");
+    let (ok, _, err) = admin(
+        &ns,
+        &[
+            "offsets",
+            "reset",
+            "--group",
+            "g",
+            "--topic",
+            "Hello",
+            "--to-time",
+            "0",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = admin(
+        &ns,
+        &["group", "progress", "--group", "g", "--topic", "Hello"],
+    );
+    let total: u64 = out
+        .lines()
+        .skip(1)
+        .map(|l| l.rsplit('\t').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(ok && total == 2, "{out}");
     let (ok, _, err) = admin(&ns, &["topic", "delete", "--topic", "Nope"]);
     assert!(!ok && err.contains("TopicNotExist"), "{err}");
     let (ok, out, err) = admin(&ns, &["topic", "delete", "--topic", "Hello"]);

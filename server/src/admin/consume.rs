@@ -33,7 +33,7 @@ pub struct ConsumeArgs {
 }
 
 /// The readable queue groups of a route, with their master's address.
-fn readable(
+pub(super) fn readable(
     route: &shardmq_protocol::message::TopicRoute,
 ) -> impl Iterator<Item = (&shardmq_protocol::message::QueueData, &str)> {
     route

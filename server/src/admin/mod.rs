@@ -2,6 +2,7 @@
 //! a NameServer. Each prints plain lines on stdout; failures go to stderr with a non-zero exit.
 
 mod consume;
+mod group;
 mod send;
 
 use std::time::Duration;
@@ -58,6 +59,11 @@ enum AdminCmd {
         #[command(subcommand)]
         cmd: GroupCmd,
     },
+    /// Consumer offsets on the brokers.
+    Offsets {
+        #[command(subcommand)]
+        cmd: OffsetsCmd,
+    },
     /// Delayed messages: progress per level and of the exact-time wheel.
     Schedule {
         #[command(subcommand)]
@@ -113,6 +119,27 @@ enum GroupCmd {
     Members {
         #[arg(long)]
         group: String,
+    },
+    /// Per queue of a topic: broker offset, the group's offset, lag.
+    Progress {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OffsetsCmd {
+    /// Moves the group's offsets to the first message stored at or after a time.
+    Reset {
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        topic: String,
+        /// Milliseconds since the epoch.
+        #[arg(long)]
+        to_time: i64,
     },
 }
 
@@ -222,6 +249,17 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
             }
             Ok(())
         }
+        AdminCmd::Group {
+            cmd: GroupCmd::Progress { group, topic },
+        } => group::progress(&ns, &group, &topic),
+        AdminCmd::Offsets {
+            cmd:
+                OffsetsCmd::Reset {
+                    group,
+                    topic,
+                    to_time,
+                },
+        } => group::reset(&ns, &group, &topic, to_time),
         AdminCmd::Schedule {
             cmd: ScheduleCmd::Status { broker },
         } => {
