@@ -7,25 +7,17 @@ use shardmq_protocol::message::{
 };
 use shardmq_protocol::{Request, Status};
 
-use super::{call_on, master, Namesrv, TIMEOUT};
+use super::{call_on, Namesrv, TIMEOUT};
 use crate::rpc::Conn;
 
 /// Each readable queue of `topic` with a connection to its master: (broker, queue, conn).
 fn queues(ns: &Namesrv, topic: &str) -> Result<Vec<(String, u32, Conn)>, String> {
     let route = ns.route(topic)?;
     let mut out = Vec::new();
-    for q in route.queues.iter().filter(|q| q.perm & 4 != 0) {
-        let Some(b) = route
-            .brokers
-            .iter()
-            .find(|b| b.broker_name == q.broker_name)
-        else {
-            continue;
-        };
-        let Some(addr) = master(b) else { continue };
+    for (q, addr) in super::consume::readable(&route) {
         for queue_id in 0..q.read_queues {
             let conn = Conn::connect(addr, TIMEOUT).map_err(|e| e.to_string())?;
-            out.push((b.broker_name.clone(), queue_id, conn));
+            out.push((q.broker_name.clone(), queue_id, conn));
         }
     }
     Ok(out)
