@@ -56,6 +56,30 @@ pub struct MessageInput {
 }
 
 impl MessageInput {
+    /// A new message for `topic`/`queue_id` with `stored`'s body, tags, keys, flags, reconsume
+    /// count, born time and host, and the given properties (any `TAGS`/`KEYS` among them are
+    /// the fields above and left out): a delayed message's delivery, a retry.
+    pub fn copy_of(
+        stored: &StoredMessage,
+        topic: impl Into<String>,
+        queue_id: u32,
+        properties: Vec<(String, String)>,
+    ) -> Self {
+        let mut m = MessageInput::new(topic, queue_id, stored.body.clone());
+        m.tags = stored.property("TAGS").map(str::to_owned);
+        m.keys = stored.property("KEYS").map(str::to_owned);
+        m.properties = properties
+            .into_iter()
+            .filter(|(k, _)| k != "TAGS" && k != "KEYS")
+            .collect();
+        m.flag = stored.flag;
+        m.sys_flag = stored.sys_flag;
+        m.reconsume_times = stored.reconsume_times;
+        m.born_timestamp_ms = stored.born_timestamp_ms;
+        m.born_host = stored.born_host;
+        m
+    }
+
     /// A message with only topic, queue and body set; the rest takes neutral defaults.
     pub fn new(topic: impl Into<String>, queue_id: u32, body: impl Into<Bytes>) -> Self {
         MessageInput {

@@ -161,20 +161,7 @@ fn copy_of(
         );
         return Err(Outcome::Dropped);
     };
-    let s = &m.message;
-    let mut input = MessageInput::new(topic, queue_id, s.body.clone());
-    input.tags = s.property("TAGS").map(str::to_owned);
-    input.keys = s.property("KEYS").map(str::to_owned);
-    input.properties = props
-        .into_iter()
-        .filter(|(k, _)| k != "TAGS" && k != "KEYS")
-        .collect();
-    input.flag = s.flag;
-    input.sys_flag = s.sys_flag;
-    input.reconsume_times = s.reconsume_times;
-    input.born_timestamp_ms = s.born_timestamp_ms;
-    input.born_host = s.born_host;
-    Ok(input)
+    Ok(MessageInput::copy_of(&m.message, topic, queue_id, props))
 }
 
 /// A wheel entry: (due time, slot queue, offset).

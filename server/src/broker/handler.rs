@@ -437,12 +437,16 @@ async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest) -> Frame {
     response(h, status, &fields)
 }
 
-async fn view(broker: &Broker, h: &Header, id: &str) -> Frame {
-    // An id names its broker: another broker's id is not looked up here.
-    let ours = shardmq_engine::msgid::decode(id)
+/// Whether `id` is a message id of this broker (ids encode the broker's address): another
+/// broker's id is never looked up here.
+fn is_ours(broker: &Broker, id: &str) -> bool {
+    shardmq_engine::msgid::decode(id)
         .map(|(shard, offset)| shardmq_engine::msgid::encode(broker.store_host, shard, offset))
-        .is_some_and(|again| again.eq_ignore_ascii_case(id));
-    if !ours {
+        .is_some_and(|again| again.eq_ignore_ascii_case(id))
+}
+
+async fn view(broker: &Broker, h: &Header, id: &str) -> Frame {
+    if !is_ours(broker, id) {
         return error_response(
             h,
             Status::QueryNotFound,
@@ -620,10 +624,7 @@ async fn send_back(
     r: shardmq_protocol::message::ConsumerSendBackRequest,
 ) -> Frame {
     use super::sendback::{after_failure, SendBack};
-    let ours = shardmq_engine::msgid::decode(&r.msg_id)
-        .map(|(shard, offset)| shardmq_engine::msgid::encode(broker.store_host, shard, offset))
-        .is_some_and(|again| again.eq_ignore_ascii_case(&r.msg_id));
-    let original = match ours {
+    let original = match is_ours(broker, &r.msg_id) {
         true => broker.store.message_by_id(&r.msg_id).await.ok(),
         false => None,
     };
@@ -653,20 +654,13 @@ async fn send_back(
     let prop = |k: &str| m.property(k).map(str::to_owned);
     let origin_topic = prop("RETRY_TOPIC").unwrap_or_else(|| m.topic.clone());
     let origin_id = prop("ORIGIN_MSG_ID").unwrap_or_else(|| r.msg_id.clone());
-    let mut input = MessageInput::new(topic, 0, m.body.clone());
-    input.tags = prop("TAGS");
-    input.keys = prop("KEYS");
-    input.properties = m
+    let kept = m
         .properties
         .iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "TAGS" | "KEYS" | "RETRY_TOPIC" | "ORIGIN_MSG_ID"
-            )
-        })
+        .filter(|(k, _)| !matches!(k.as_str(), "RETRY_TOPIC" | "ORIGIN_MSG_ID"))
         .cloned()
         .collect();
+    let mut input = MessageInput::copy_of(&m, topic, 0, kept);
     input.properties.push(("RETRY_TOPIC".into(), origin_topic));
     input.properties.push(("ORIGIN_MSG_ID".into(), origin_id));
     if delay_level > 0 {
@@ -675,11 +669,7 @@ async fn send_back(
             delay_level.to_string(),
         ));
     }
-    input.flag = m.flag;
-    input.sys_flag = m.sys_flag;
     input.reconsume_times = times;
-    input.born_timestamp_ms = m.born_timestamp_ms;
-    input.born_host = m.born_host;
     match broker.store.put_message(input).await {
         Ok(_) => response(h, Status::Success, &Empty {}),
         Err(e) => refused(h, put_refusal(&e)),
