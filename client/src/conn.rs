@@ -38,6 +38,10 @@ use crate::lock;
 /// request's timeout fires up to this late.
 pub const SWEEP_TICK: Duration = Duration::from_millis(100);
 
+/// What a connection does with a request the peer sends it (a broker's consumer group
+/// notification): called on the connection's reader thread, so it must not block.
+pub type PeerRequestHandler = Arc<dyn Fn(Frame) + Send + Sync>;
+
 /// Bytes the reader asks the socket for at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -62,6 +66,16 @@ impl Connection {
     /// Connects to `addr` ("host:port"), waiting at most `timeout` per resolved address. A
     /// write that cannot go out within `timeout` breaks the connection.
     pub fn connect(addr: &str, timeout: Duration) -> Result<Connection, ClientError> {
+        Self::connect_with(addr, timeout, None)
+    }
+
+    /// [`Connection::connect`], handing requests the peer sends to `on_request` (without
+    /// one they are logged and dropped).
+    pub fn connect_with(
+        addr: &str,
+        timeout: Duration,
+        on_request: Option<PeerRequestHandler>,
+    ) -> Result<Connection, ClientError> {
         let io_err = |source| ClientError::Io {
             addr: addr.to_string(),
             source,
@@ -79,10 +93,15 @@ impl Connection {
             }
         }
         let stream = stream.ok_or_else(|| io_err(last))?;
-        Self::from_stream(addr, stream, timeout).map_err(io_err)
+        Self::from_stream(addr, stream, timeout, on_request).map_err(io_err)
     }
 
-    fn from_stream(addr: &str, stream: TcpStream, timeout: Duration) -> io::Result<Connection> {
+    fn from_stream(
+        addr: &str,
+        stream: TcpStream,
+        timeout: Duration,
+        on_request: Option<PeerRequestHandler>,
+    ) -> io::Result<Connection> {
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         let read_half = stream.try_clone()?;
@@ -93,7 +112,7 @@ impl Connection {
         let reader_table = Arc::clone(&table);
         let reader = std::thread::Builder::new()
             .name(format!("shardmq-conn {addr}"))
-            .spawn(move || read_loop(read_half, &reader_table, decoder))?;
+            .spawn(move || read_loop(read_half, &reader_table, decoder, on_request.as_ref()))?;
         Ok(Connection {
             inner: Arc::new(Inner {
                 table,
@@ -266,8 +285,13 @@ impl std::fmt::Debug for Connection {
 
 /// The reader thread: decodes responses and completes their requests until the connection
 /// ends, then fails whatever is still pending.
-fn read_loop(mut stream: TcpStream, table: &PendingTable, decoder: FrameDecoder) {
-    let reason = match read_frames(&mut stream, table, decoder) {
+fn read_loop(
+    mut stream: TcpStream,
+    table: &PendingTable,
+    decoder: FrameDecoder,
+    on_request: Option<&PeerRequestHandler>,
+) {
+    let reason = match read_frames(&mut stream, table, decoder, on_request) {
         Ok(()) => "closed by the peer".to_string(),
         Err(e) => e,
     };
@@ -280,6 +304,7 @@ fn read_frames(
     stream: &mut TcpStream,
     table: &PendingTable,
     decoder: FrameDecoder,
+    on_request: Option<&PeerRequestHandler>,
 ) -> Result<(), String> {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut scratch = vec![0u8; READ_CHUNK];
@@ -287,6 +312,10 @@ fn read_frames(
     loop {
         while let Some(frame) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
             if !frame.header.is_response() {
+                if let Some(handle) = on_request {
+                    handle(frame);
+                    continue;
+                }
                 tracing::debug!(
                     addr = table.addr(),
                     opcode = frame.header.opcode,

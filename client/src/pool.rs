@@ -5,15 +5,24 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::conn::Connection;
+use crate::conn::{Connection, PeerRequestHandler};
 use crate::error::ClientError;
 use crate::lock;
 
 /// Connections by address ("host:port").
-#[derive(Debug)]
 pub struct ConnectionPool {
     connect_timeout: Duration,
     conns: Mutex<HashMap<String, Connection>>,
+    on_request: Option<PeerRequestHandler>,
+}
+
+impl std::fmt::Debug for ConnectionPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionPool")
+            .field("connect_timeout", &self.connect_timeout)
+            .field("conns", &self.conns)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ConnectionPool {
@@ -23,6 +32,15 @@ impl ConnectionPool {
         ConnectionPool {
             connect_timeout,
             conns: Mutex::new(HashMap::new()),
+            on_request: None,
+        }
+    }
+
+    /// A pool whose connections hand requests from their peers to `on_request`.
+    pub fn with_request_handler(connect_timeout: Duration, on_request: PeerRequestHandler) -> Self {
+        ConnectionPool {
+            on_request: Some(on_request),
+            ..Self::new(connect_timeout)
         }
     }
 
@@ -34,7 +52,7 @@ impl ConnectionPool {
                 return Ok(c.clone());
             }
         }
-        let fresh = Connection::connect(addr, self.connect_timeout)?;
+        let fresh = Connection::connect_with(addr, self.connect_timeout, self.on_request.clone())?;
         let mut conns = lock(&self.conns);
         match conns.get(addr) {
             // Another thread connected meanwhile: share its connection, drop ours.

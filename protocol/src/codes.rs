@@ -61,6 +61,10 @@ wire_enum! {
         UnregisterClient = 31,
         GetConsumerList = 32,
         ConsumerSendBack = 33,
+        /// Broker to client, oneway: a consumer group's members changed; rebalance now.
+        NotifyConsumerIdsChanged = 34,
+        LockBatchQueue = 35,
+        UnlockBatchQueue = 36,
         // Broker: administration.
         CreateTopic = 40,
         DeleteTopic = 41,
@@ -68,6 +72,7 @@ wire_enum! {
         GetBrokerStatus = 43,
         GetTopicStats = 44,
         GetScheduleStatus = 45,
+        GetConsumerGroups = 46,
         // NameServer.
         RegisterBroker = 100,
         UnregisterBroker = 101,

@@ -224,6 +224,24 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// LockBatchQueue / UnlockBatchQueue: an orderly consumer takes (or gives back) the
+    /// exclusive right to consume queues of this broker for its group.
+    pub struct LockBatchRequest {
+        pub group: String,
+        pub client_id: String,
+        /// (topic, queue id).
+        pub queues: Vec<(String, u32)>,
+    }
+}
+
+wire_struct! {
+    /// The queues of a `LockBatchQueue` that the client holds now (taken or renewed).
+    pub struct LockBatchResponse {
+        pub locked: Vec<(String, u32)>,
+    }
+}
+
+wire_struct! {
     pub struct UnregisterClientRequest {
         pub client_id: String,
         pub producer_group: String,
@@ -444,12 +462,16 @@ requests! {
     UnregisterClient(UnregisterClientRequest) => Empty,
     GetConsumerList(GroupRequest) => NameList,
     ConsumerSendBack(ConsumerSendBackRequest) => Empty,
+    NotifyConsumerIdsChanged(GroupRequest) => Empty,
+    LockBatchQueue(LockBatchRequest) => LockBatchResponse,
+    UnlockBatchQueue(LockBatchRequest) => Empty,
     CreateTopic(TopicConfigData) => Empty,
     DeleteTopic(TopicRequest) => Empty,
     GetAllTopicConfig(Empty) => TopicConfigList,
     GetBrokerStatus(Empty) => KeyValues,
     GetTopicStats(TopicRequest) => TopicStats,
     GetScheduleStatus(Empty) => KeyValues,
+    GetConsumerGroups(Empty) => NameList,
     RegisterBroker(RegisterBrokerRequest) => Empty,
     UnregisterBroker(UnregisterBrokerRequest) => Empty,
     GetRouteByTopic(TopicRequest) => TopicRoute,

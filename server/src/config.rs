@@ -48,6 +48,11 @@ pub struct BrokerSettings {
     pub offsets_persist_interval_ms: u64,
     /// How long a graceful stop waits for in-flight requests.
     pub shutdown_grace_ms: u64,
+    /// A client silent this long leaves its consumer groups (it also leaves at once when
+    /// its connection closes).
+    pub client_ttl_ms: u64,
+    /// An orderly consumer's queue lock lasts this long past its last renewal.
+    pub queue_lock_ttl_ms: u64,
     /// Where to serve Prometheus metrics (`GET /metrics`); off when unset.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -72,6 +77,8 @@ impl Default for BrokerSettings {
             pull_bytes_max: 4 << 20,
             offsets_persist_interval_ms: 5_000,
             shutdown_grace_ms: 20_000,
+            client_ttl_ms: 120_000,
+            queue_lock_ttl_ms: 60_000,
             metrics_listen: None,
         }
     }
@@ -218,6 +225,8 @@ impl ServerConfig {
                 "broker.offsets_persist_interval_ms",
                 b.offsets_persist_interval_ms,
             ),
+            ("broker.client_ttl_ms", b.client_ttl_ms),
+            ("broker.queue_lock_ttl_ms", b.queue_lock_ttl_ms),
             ("namesrv.scan_interval_ms", self.namesrv.scan_interval_ms),
             ("namesrv.broker_ttl_ms", self.namesrv.broker_ttl_ms),
         ];

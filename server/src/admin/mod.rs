@@ -116,6 +116,9 @@ struct TopicArgs {
 
 #[derive(Subcommand)]
 enum GroupCmd {
+    /// Every consumer group the brokers know (live members or committed offsets).
+    List,
+    /// A group's live members on each broker.
     Members {
         #[arg(long)]
         group: String,
@@ -246,6 +249,19 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
                 for m in members.names {
                     println!("{addr}\t{group}\t{m}");
                 }
+            }
+            Ok(())
+        }
+        AdminCmd::Group {
+            cmd: GroupCmd::List,
+        } => {
+            let mut all = std::collections::BTreeSet::new();
+            for addr in all_addrs(&ns.cluster_info()?, true) {
+                let groups: NameList = call_typed(&addr, &Request::GetConsumerGroups(Empty {}))?;
+                all.extend(groups.names);
+            }
+            for g in all {
+                println!("{g}");
             }
             Ok(())
         }

@@ -13,7 +13,7 @@
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -21,7 +21,18 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use shardmq_protocol::{error_response, Frame, FrameDecoder, Header, Status};
 
+use super::clients::ClientChannel;
 use super::{handler, Broker};
+
+/// Numbers this process's connections (heartbeats remember which one they came on).
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What a request's handler knows of the connection it came on.
+pub struct ConnCtx {
+    pub peer: SocketAddr,
+    /// For pushing frames to the client later (consumer group notifications).
+    pub channel: ClientChannel,
+}
 
 /// What the connections of one shard share.
 #[derive(Default)]
@@ -86,6 +97,14 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = futures_lite::io::split(stream);
     let (tx, rx) = flume::unbounded::<Bytes>();
+    let (push_tx, push_rx) = flume::unbounded::<Bytes>();
+    let ctx = Rc::new(ConnCtx {
+        peer,
+        channel: ClientChannel {
+            conn_id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+            tx: push_tx.downgrade(),
+        },
+    });
     let (drained_tx, drained_rx) = flume::bounded::<()>(1);
     let queued = Rc::new(Cell::new(0usize));
     let out = Rc::new(Outbox {
@@ -96,14 +115,27 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
     // read loop's and its requests') is gone.
     let writer = {
         glommio::spawn_local(async move {
-            while let Ok(first) = rx.recv_async().await {
+            // Responses (counted in `queued`) and frames the broker pushes (not counted).
+            let next = || {
+                futures_lite::future::or(async { rx.recv_async().await.map(|b| (b, true)) }, async {
+                    match push_rx.recv_async().await {
+                        Ok(b) => Ok((b, false)),
+                        // No pushes any more; go on with the responses alone.
+                        Err(_) => rx.recv_async().await.map(|b| (b, true)),
+                    }
+                })
+            };
+            while let Ok(first) = next().await {
                 let mut batch = vec![first];
-                batch.extend(rx.try_iter());
-                for b in &batch {
+                batch.extend(rx.try_iter().map(|b| (b, true)));
+                batch.extend(push_rx.try_iter().map(|b| (b, false)));
+                for (b, counted) in &batch {
                     if wr.write_all(b).await.is_err() {
                         return;
                     }
-                    queued.set(queued.get() - b.len());
+                    if *counted {
+                        queued.set(queued.get() - b.len());
+                    }
                 }
                 if wr.flush().await.is_err() {
                     return;
@@ -120,7 +152,7 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
     'conn: loop {
         loop {
             match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => dispatch(&broker, &load, &in_flight, &out, frame, peer),
+                Ok(Some(frame)) => dispatch(&broker, &load, &in_flight, &out, frame, &ctx),
                 Ok(None) => break,
                 Err(e) => {
                     tracing::info!(%peer, error = %e, "closing a connection after a bad frame");
@@ -156,6 +188,8 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
         }
     }
     drop(out);
+    drop(push_tx);
+    broker.departed(&broker.clients.connection_closed(ctx.channel.conn_id));
     writer.await;
 }
 
@@ -181,7 +215,7 @@ fn dispatch(
     in_flight: &Rc<Cell<usize>>,
     out: &Rc<Outbox>,
     frame: Frame,
-    peer: SocketAddr,
+    ctx: &Rc<ConnCtx>,
 ) {
     let h = frame.header;
     if h.is_response() {
@@ -215,10 +249,15 @@ fn dispatch(
     in_flight.set(in_flight.get() + 1);
     load.request_bytes.set(load.request_bytes.get() + size);
     broker.requests_begin();
-    let (broker, load, in_flight, out) =
-        (broker.clone(), load.clone(), in_flight.clone(), out.clone());
+    let (broker, load, in_flight, out, ctx) = (
+        broker.clone(),
+        load.clone(),
+        in_flight.clone(),
+        out.clone(),
+        ctx.clone(),
+    );
     glommio::spawn_local(async move {
-        let reply = handler::handle(&broker, frame, peer).await;
+        let reply = handler::handle(&broker, frame, &ctx).await;
         in_flight.set(in_flight.get() - 1);
         load.request_bytes.set(load.request_bytes.get() - size);
         if !h.is_oneway() {

@@ -17,10 +17,8 @@ use shardmq_protocol::message::{
 use shardmq_protocol::{error_response, response, Frame, Header, Request, Status};
 
 use super::check::{self, put_refusal, read_refusal, Refusal};
-use super::Broker;
-
-/// A client silent this long is no longer a member of its groups (RocketMQ: 120 s).
-pub const CLIENT_TTL: Duration = Duration::from_secs(120);
+use super::conn::ConnCtx;
+use super::{membership, Broker};
 
 /// The property a message's client-generated unique id is stored under.
 pub const UNIQ_KEY: &str = "UNIQ_KEY";
@@ -30,8 +28,9 @@ fn refused(h: &Header, r: Refusal) -> Frame {
 }
 
 /// Answers `frame` (a request). Runs on a shard executor.
-pub async fn handle(broker: &Broker, frame: Frame, peer: SocketAddr) -> Frame {
+pub async fn handle(broker: &Broker, frame: Frame, ctx: &ConnCtx) -> Frame {
     let h = frame.header;
+    let peer = ctx.peer;
     let req = match Request::from_frame(&frame) {
         Ok(r) => r,
         Err(e) => return error_response(&h, e.status(), e.to_string()),
@@ -94,22 +93,13 @@ pub async fn handle(broker: &Broker, frame: Frame, peer: SocketAddr) -> Frame {
             };
             response(&h, Status::Success, &OffsetResponse { offset })
         }
-        Request::Heartbeat(r) => {
-            broker.clients.heartbeat(r);
-            response(&h, Status::Success, &Empty {})
-        }
-        Request::UnregisterClient(r) => {
-            broker.clients.unregister(&r.client_id, &r.consumer_group);
-            response(&h, Status::Success, &Empty {})
-        }
+        Request::Heartbeat(r) => membership::heartbeat(broker, &h, r, ctx),
+        Request::UnregisterClient(r) => membership::unregister(broker, &h, &r),
         Request::ConsumerSendBack(r) => send_back(broker, &h, r).await,
-        Request::GetConsumerList(g) => response(
-            &h,
-            Status::Success,
-            &shardmq_protocol::message::NameList {
-                names: broker.clients.members(&g.group, CLIENT_TTL),
-            },
-        ),
+        Request::GetConsumerList(g) => membership::members(broker, &h, &g),
+        Request::LockBatchQueue(r) => membership::lock(broker, &h, &r),
+        Request::UnlockBatchQueue(r) => membership::unlock(broker, &h, &r),
+        Request::GetConsumerGroups(_) => membership::groups(broker, &h),
         Request::CreateTopic(t) => create_topic(broker, &h, t),
         Request::DeleteTopic(t) => match broker.store.delete_topic(&t.topic).await {
             Ok(_) => {

@@ -7,6 +7,8 @@ pub mod clients;
 pub mod conn;
 mod exporter;
 pub mod handler;
+pub mod locks;
+mod membership;
 pub mod metrics;
 pub mod offsets;
 mod register;
@@ -31,6 +33,7 @@ pub struct Broker {
     pub settings: BrokerSettings,
     pub offsets: ConsumerOffsets,
     pub clients: Clients,
+    pub locks: locks::QueueLocks,
     pub metrics: Metrics,
     /// The host written into message ids.
     pub store_host: SocketAddr,
@@ -68,6 +71,20 @@ pub struct BrokerHandle {
 }
 
 impl Broker {
+    /// How long a silent client stays a member of its groups.
+    pub fn client_ttl(&self) -> Duration {
+        ms(self.settings.client_ttl_ms)
+    }
+
+    /// Clients gone at once (silent past the TTL, or their connection closed): their queue
+    /// locks are free again and their groups' other members rebalance.
+    pub fn departed(&self, d: &clients::Departed) {
+        for c in &d.clients {
+            self.locks.release_client(c, "");
+        }
+        self.clients.notify_members(&d.groups);
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
     }
@@ -154,6 +171,7 @@ pub fn start(
         settings: settings.clone(),
         offsets,
         clients: Clients::default(),
+        locks: locks::QueueLocks::new(ms(settings.queue_lock_ttl_ms)),
         metrics: Metrics::default(),
         store_host,
         stopping: AtomicBool::new(false),
@@ -204,7 +222,7 @@ pub fn start(
                 if let Err(e) = b.offsets.persist() {
                     tracing::error!(error = %e, "cannot persist consumer offsets");
                 }
-                b.clients.expire(handler::CLIENT_TTL);
+                b.departed(&b.clients.expire(b.client_ttl()));
                 if stopped {
                     return;
                 }
