@@ -39,13 +39,17 @@ mod rpc;
 pub mod uniq;
 
 pub use conn::{Connection, ResponseFuture};
-pub use consumer::{PullConsumer, PullConsumerBuilder, PullResult, PullStatus};
+pub use consumer::{
+    ConsumeContext, ConsumeFrom, ConsumeStatus, MessageModel, OrderlyStatus, PullConsumer,
+    PullConsumerBuilder, PullResult, PullStatus, PushConsumer, PushConsumerBuilder,
+};
 pub use error::ClientError;
 pub use fault::LatencyFaultTolerance;
 pub use pool::ConnectionPool;
 pub use producer::{Message, Producer, ProducerBuilder, SendFuture, SendReceipt};
 pub use route::{MessageQueue, TopicRouteCache};
 pub use shardmq_protocol::message::WireMessage;
+pub use shardmq_protocol::Frame;
 
 /// Locks `m`, taking the data even if a thread panicked while holding it (every critical
 /// section here leaves the data consistent at each step).

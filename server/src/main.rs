@@ -199,23 +199,12 @@ fn ready(v: serde_json::Value) {
     let _ = out.flush();
 }
 
-/// Blocks until SIGTERM or SIGINT.
-fn wait_for_signal() -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "stopping");
-    }
-    Ok(())
-}
-
 fn run_namesrv(c: ServerConfig) -> Result<(), String> {
     c.validate().map_err(|e| e.to_string())?;
     let ns = NameServer::start(namesrv_config(&c))
         .map_err(|e| format!("cannot listen on {}: {e}", c.namesrv.listen))?;
     ready(serde_json::json!({"event": "ready", "namesrv": ns.addr().to_string()}));
-    wait_for_signal()?;
+    shardmq_server::wait_for_signal()?;
     ns.stop();
     Ok(())
 }
@@ -243,7 +232,7 @@ fn run(mut c: ServerConfig, standalone: bool) -> Result<(), String> {
         "data_dir": data_dir.display().to_string(),
         "metrics": handle.metrics_addr.map(|a| a.to_string()),
     }));
-    wait_for_signal()?;
+    shardmq_server::wait_for_signal()?;
     let result = handle.shutdown();
     if let Some(ns) = ns {
         ns.stop();

@@ -4,6 +4,11 @@
 
 pub mod process_queue;
 pub mod pull;
+pub mod push;
 pub mod rebalance;
 
 pub use pull::{PullConsumer, PullConsumerBuilder, PullOptions, PullResult, PullStatus};
+pub use push::{
+    ConsumeContext, ConsumeFrom, ConsumeStatus, MessageModel, OrderlyStatus, PushConsumer,
+    PushConsumerBuilder,
+};

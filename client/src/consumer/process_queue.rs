@@ -50,6 +50,13 @@ impl ProcessQueue {
         }
     }
 
+    /// Nothing below `offset` is left to pull (a pull's next offset moved past messages the
+    /// filter skipped, or the queue starts there): with nothing in flight, the commit offset
+    /// moves up to it.
+    pub fn advance_to(&mut self, offset: u64) {
+        self.next = Some(self.next.map_or(offset, |n| n.max(offset)));
+    }
+
     /// Marks messages consumed (or handed to the retry topic); returns the offset that may now
     /// be committed, if any message was ever pulled.
     pub fn remove(&mut self, offsets: impl IntoIterator<Item = u64>) -> Option<u64> {
@@ -127,6 +134,19 @@ mod tests {
         assert_eq!(pq.bytes(), 0);
         pq.put([(4, 1), (4, 1)]);
         assert_eq!((pq.len(), pq.bytes()), (1, 1), "a repeat counts once");
+    }
+
+    #[test]
+    fn skipped_offsets_move_the_commit_offset_only_past_finished_messages() {
+        let mut pq = ProcessQueue::new();
+        pq.advance_to(5);
+        assert_eq!(pq.commit_offset(), Some(5));
+        pq.put([(7, 1)]);
+        pq.advance_to(20);
+        assert_eq!(pq.commit_offset(), Some(7), "7 is still in flight");
+        assert_eq!(pq.remove([7]), Some(20));
+        pq.advance_to(3);
+        assert_eq!(pq.commit_offset(), Some(20), "never goes back");
     }
 
     proptest! {

@@ -12,6 +12,7 @@ use shardmq_protocol::message::{
 };
 use shardmq_protocol::{Frame, Request, Status};
 
+use crate::conn::Connection;
 use crate::error::ClientError;
 use crate::pool::ConnectionPool;
 use crate::route::{master_addr, parse_addrs, MessageQueue, TopicRouteCache, ROUTE_MAX_AGE};
@@ -121,11 +122,20 @@ impl PullConsumerBuilder {
     }
 
     pub fn build(self) -> Result<PullConsumer, ClientError> {
+        let pool = Arc::new(ConnectionPool::new(self.connect_timeout));
+        self.build_with_pool(pool)
+    }
+
+    /// Builds over an existing pool (the push consumer's, whose connections take the
+    /// broker's notifications).
+    pub(crate) fn build_with_pool(
+        self,
+        pool: Arc<ConnectionPool>,
+    ) -> Result<PullConsumer, ClientError> {
         let namesrv = parse_addrs(&self.namesrv)?;
         if self.group.is_empty() {
             return Err(ClientError::Config("the consumer group is empty".into()));
         }
-        let pool = Arc::new(ConnectionPool::new(self.connect_timeout));
         let routes = TopicRouteCache::new(namesrv, Arc::clone(&pool), self.timeout)?
             .with_max_age(self.route_max_age);
         Ok(PullConsumer {
@@ -206,7 +216,35 @@ impl PullConsumer {
         queue: &MessageQueue,
         opts: &PullOptions,
     ) -> Result<PullResult, ClientError> {
-        let request = Request::PullMessage(PullMessageRequest {
+        let request = self.pull_request(queue, opts);
+        let frame = self.call(queue, Role::Reader, &request, opts.wait + self.timeout)?;
+        pull_result(&frame)
+    }
+
+    /// [`PullConsumer::pull_with`] without blocking: `done` gets the answer (exactly once),
+    /// on a connection's reader thread, so it must not block. Only finding the broker's
+    /// address (a route lookup, a connect) happens on this thread.
+    pub fn pull_async(
+        &self,
+        queue: &MessageQueue,
+        opts: &PullOptions,
+        done: impl FnOnce(Result<PullResult, ClientError>) + Send + 'static,
+    ) {
+        let conn = self
+            .check_running()
+            .and_then(|()| self.conn_for(queue, Role::Reader));
+        match conn {
+            Ok(conn) => conn.call_with(
+                &self.pull_request(queue, opts),
+                opts.wait + self.timeout,
+                move |answer| done(answer.and_then(|f| pull_result(&f))),
+            ),
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    fn pull_request(&self, queue: &MessageQueue, opts: &PullOptions) -> Request {
+        Request::PullMessage(PullMessageRequest {
             consumer_group: self.group.clone(),
             topic: queue.topic.clone(),
             queue_id: queue.queue_id,
@@ -218,21 +256,6 @@ impl PullConsumer {
                 .commit_offset
                 .map_or(-1, |o| i64::try_from(o).unwrap_or(i64::MAX)),
             subscription: opts.subscription.clone(),
-        });
-        let frame = self.call(queue, Role::Reader, &request, opts.wait + self.timeout)?;
-        let (status, r) = rpc::expect::<PullMessageResponse>(&frame, PULL_TYPED)?;
-        let status = match status {
-            Status::PullNotFound => PullStatus::NotFound,
-            Status::PullOffsetMoved => PullStatus::OffsetMoved,
-            Status::PullRetryImmediately => PullStatus::RetryImmediately,
-            _ => PullStatus::Found,
-        };
-        Ok(PullResult {
-            status,
-            next_offset: r.next_begin_offset,
-            min_offset: r.min_offset,
-            max_offset: r.max_offset,
-            messages: r.messages,
         })
     }
 
@@ -319,6 +342,10 @@ impl PullConsumer {
         timeout: Duration,
     ) -> Result<Frame, ClientError> {
         self.check_running()?;
+        self.conn_for(queue, role)?.call(request, timeout)
+    }
+
+    fn conn_for(&self, queue: &MessageQueue, role: Role) -> Result<Connection, ClientError> {
         let addr = match self.addr_of(queue, role, false)? {
             Some(a) => a,
             None => self
@@ -327,7 +354,24 @@ impl PullConsumer {
                     topic: queue.topic.clone(),
                 })?,
         };
-        self.pool.get(&addr)?.call(request, timeout)
+        self.pool.get(&addr)
+    }
+
+    /// The master's address of the broker serving `queue`.
+    pub(crate) fn master_of(&self, queue: &MessageQueue) -> Result<String, ClientError> {
+        self.addr_of(queue, Role::Master, false)?
+            .map_or_else(|| self.addr_of(queue, Role::Master, true), |a| Ok(Some(a)))?
+            .ok_or_else(|| ClientError::NoRoute {
+                topic: queue.topic.clone(),
+            })
+    }
+
+    pub(crate) fn pool(&self) -> &ConnectionPool {
+        &self.pool
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     fn addr_of(
@@ -347,4 +391,22 @@ impl PullConsumer {
         };
         Ok(addr.map(String::from))
     }
+}
+
+/// A pull's response frame as a [`PullResult`].
+fn pull_result(frame: &Frame) -> Result<PullResult, ClientError> {
+    let (status, r) = rpc::expect::<PullMessageResponse>(frame, PULL_TYPED)?;
+    let status = match status {
+        Status::PullNotFound => PullStatus::NotFound,
+        Status::PullOffsetMoved => PullStatus::OffsetMoved,
+        Status::PullRetryImmediately => PullStatus::RetryImmediately,
+        _ => PullStatus::Found,
+    };
+    Ok(PullResult {
+        status,
+        next_offset: r.next_begin_offset,
+        min_offset: r.min_offset,
+        max_offset: r.max_offset,
+        messages: r.messages,
+    })
 }

@@ -4,6 +4,7 @@
 mod consume;
 mod group;
 mod send;
+mod subscribe;
 
 use std::time::Duration;
 
@@ -54,6 +55,9 @@ enum AdminCmd {
     Send(send::SendArgs),
     /// Pulls messages of a topic for a group and prints them.
     Consume(consume::ConsumeArgs),
+    /// Joins a consumer group with a push consumer; prints each message as a JSON line
+    /// until SIGTERM or SIGINT, then leaves the group gracefully.
+    Subscribe(subscribe::SubscribeArgs),
     /// Consumer groups: their live members on every broker.
     Group {
         #[command(subcommand)]
@@ -294,6 +298,7 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
         }
         AdminCmd::Send(a) => send::run(&ns, a),
         AdminCmd::Consume(a) => consume::run(&ns, a),
+        AdminCmd::Subscribe(a) => subscribe::run(&args.namesrv, a),
         AdminCmd::Message { id, topic } => {
             for addr in all_addrs(&ns.cluster_info()?, true) {
                 let req = Request::ViewMessageById(ViewMessageRequest { id: id.clone() });

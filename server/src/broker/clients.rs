@@ -143,7 +143,10 @@ impl Clients {
 
     /// Every consumer group some live client is a member of.
     pub fn groups(&self) -> BTreeSet<String> {
-        self.lock().values().flat_map(|m| groups_of(&m.hb)).collect()
+        self.lock()
+            .values()
+            .flat_map(|m| groups_of(&m.hb))
+            .collect()
     }
 
     /// Tells each member of each of `groups` that the group's membership changed (a oneway
@@ -198,9 +201,15 @@ mod tests {
         let c = Clients::default();
         assert_eq!(c.heartbeat(hb("a", &["G"]), None), vec!["G".to_string()]);
         assert!(c.heartbeat(hb("a", &["G"]), None).is_empty());
-        assert_eq!(c.heartbeat(hb("a", &["G", "H"]), None), vec!["H".to_string()]);
+        assert_eq!(
+            c.heartbeat(hb("a", &["G", "H"]), None),
+            vec!["H".to_string()]
+        );
         assert_eq!(c.unregister("a", "H"), vec!["H".to_string()]);
-        assert_eq!(c.members("G", Duration::from_secs(1)), vec!["a".to_string()]);
+        assert_eq!(
+            c.members("G", Duration::from_secs(1)),
+            vec!["a".to_string()]
+        );
         assert_eq!(c.unregister("a", ""), vec!["G".to_string()]);
         assert_eq!(c.count(), 0);
     }
@@ -230,6 +239,9 @@ mod tests {
             Request::from_frame(&f),
             Ok(Request::NotifyConsumerIdsChanged(g)) if g.group == "G"
         ));
-        assert_eq!(c.members("G", Duration::from_secs(1)), vec!["a".to_string()]);
+        assert_eq!(
+            c.members("G", Duration::from_secs(1)),
+            vec!["a".to_string()]
+        );
     }
 }

@@ -117,13 +117,16 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
         glommio::spawn_local(async move {
             // Responses (counted in `queued`) and frames the broker pushes (not counted).
             let next = || {
-                futures_lite::future::or(async { rx.recv_async().await.map(|b| (b, true)) }, async {
-                    match push_rx.recv_async().await {
-                        Ok(b) => Ok((b, false)),
-                        // No pushes any more; go on with the responses alone.
-                        Err(_) => rx.recv_async().await.map(|b| (b, true)),
-                    }
-                })
+                futures_lite::future::or(
+                    async { rx.recv_async().await.map(|b| (b, true)) },
+                    async {
+                        match push_rx.recv_async().await {
+                            Ok(b) => Ok((b, false)),
+                            // No pushes any more; go on with the responses alone.
+                            Err(_) => rx.recv_async().await.map(|b| (b, true)),
+                        }
+                    },
+                )
             };
             while let Ok(first) = next().await {
                 let mut batch = vec![first];

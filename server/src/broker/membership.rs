@@ -48,9 +48,10 @@ pub fn members(broker: &Broker, h: &Header, g: &GroupRequest) -> Frame {
 }
 
 pub fn lock(broker: &Broker, h: &Header, r: &LockBatchRequest) -> Frame {
-    let locked = broker
-        .locks
-        .lock_batch(&r.group, &r.client_id, &r.queues, std::time::Instant::now());
+    let locked =
+        broker
+            .locks
+            .lock_batch(&r.group, &r.client_id, &r.queues, std::time::Instant::now());
     response(h, Status::Success, &LockBatchResponse { locked })
 }
 
