@@ -1,4 +1,5 @@
-//! ShardMQ client: a producer and a pull consumer over the ShardMQ wire protocol.
+//! ShardMQ client: a producer, a pull consumer and a push consumer over the ShardMQ wire
+//! protocol.
 //!
 //! The client is runtime-agnostic: it uses blocking `std::net` sockets with pipelined
 //! requests (many in flight per connection, matched by request id) and hands out `flume`
@@ -10,7 +11,8 @@
 //! - [`fault`] holds [`LatencyFaultTolerance`], which brokers to avoid after slow or failed
 //!   sends;
 //! - [`producer`] holds [`Producer`] (sync, async, oneway, batch and ordered sends);
-//! - [`consumer`] holds [`PullConsumer`] (explicit offsets);
+//! - [`consumer`] holds [`PullConsumer`] (explicit offsets) and [`PushConsumer`] (consumer
+//!   groups: rebalance, listeners, retries, dead letters, broadcasting, orderly);
 //! - [`uniq`] makes client-generated unique message ids;
 //! - [`error`] holds [`ClientError`].
 //!
