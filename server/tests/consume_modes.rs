@@ -311,3 +311,46 @@ fn orderly_consumption_keeps_each_queues_order_across_a_rebalance() {
         "some queue moved between members: {members_per_queue:?}"
     );
 }
+
+#[test]
+fn a_member_joining_makes_the_others_rebalance_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(dir.path(), &[]);
+    let ns = broker.get("namesrv");
+    admin(
+        &ns,
+        &["topic", "create", "--topic", "Tasks", "--queues", "4"],
+    );
+    // No periodic rebalance within the test: only the broker's notification can move queues.
+    let member = || {
+        let c = PushConsumer::builder()
+            .namesrv_addr(ns.clone())
+            .group("Notified")
+            .subscribe("Tasks", "*")
+            .rebalance_interval(Duration::from_secs(3600))
+            .lock_retry_interval(Duration::from_millis(50))
+            .listener_concurrently(|_, _| ConsumeStatus::Success)
+            .build()
+            .unwrap();
+        c.start().unwrap();
+        c
+    };
+    let tasks =
+        |q: &[shardmq_client::MessageQueue]| q.iter().filter(|q| q.topic == "Tasks").count();
+    let a = member();
+    assert_eq!(tasks(&a.wait_for_assignment(WAIT, |q| tasks(q) == 4)), 4);
+    let b = member();
+    assert_eq!(
+        tasks(&a.wait_for_assignment(WAIT, |q| tasks(q) == 2)),
+        2,
+        "a gave half away"
+    );
+    assert_eq!(
+        tasks(&b.wait_for_assignment(WAIT, |q| tasks(q) == 2)),
+        2,
+        "b took them"
+    );
+    // And leaving gives them back, again through the notification.
+    b.shutdown();
+    assert_eq!(tasks(&a.wait_for_assignment(WAIT, |q| tasks(q) == 4)), 4);
+}

@@ -145,8 +145,9 @@ impl Driver {
         let mut last = ClientError::NoRoute {
             topic: topic.to_owned(),
         };
-        for t in &route.read {
-            match self.calls().members(&t.addr, &self.cfg.group) {
+        let addrs: BTreeSet<&str> = route.read.iter().map(|t| t.addr.as_str()).collect();
+        for addr in addrs {
+            match self.calls().members(addr, &self.cfg.group) {
                 Ok(members) if members.contains(&self.cfg.client_id) => {
                     return Ok(allocate(
                         self.cfg.strategy,
@@ -157,8 +158,7 @@ impl Driver {
                 }
                 Ok(_) => {
                     last = ClientError::Config(format!(
-                        "broker {} does not list this member yet",
-                        t.addr
+                        "broker {addr} does not list this member yet"
                     ))
                 }
                 Err(e) => last = e,
