@@ -119,21 +119,25 @@ impl Conn {
         self.stream
             .write_all(&request.to_frame(id, false).to_bytes())
             .map_err(io)?;
-        match read_frame(&mut self.stream, &FrameDecoder::default(), &mut self.buf) {
-            Ok(Some(f)) if f.header.request_id == id => Ok(f),
-            Ok(Some(f)) => Err(RpcError::Mismatch {
-                addr: addr.clone(),
-                got: f.header.request_id,
-                want: id,
-            }),
-            Ok(None) | Err(ReadFrameError::Truncated) => {
-                Err(RpcError::Closed { addr: addr.clone() })
-            }
-            Err(ReadFrameError::Io(e)) => Err(io(e)),
-            Err(ReadFrameError::Frame(source)) => Err(RpcError::Frame {
-                addr: addr.clone(),
-                source,
-            }),
+        loop {
+            return match read_frame(&mut self.stream, &FrameDecoder::default(), &mut self.buf) {
+                // A request from the peer (a broker's group notification): not ours to answer.
+                Ok(Some(f)) if !f.header.is_response() => continue,
+                Ok(Some(f)) if f.header.request_id == id => Ok(f),
+                Ok(Some(f)) => Err(RpcError::Mismatch {
+                    addr: addr.clone(),
+                    got: f.header.request_id,
+                    want: id,
+                }),
+                Ok(None) | Err(ReadFrameError::Truncated) => {
+                    Err(RpcError::Closed { addr: addr.clone() })
+                }
+                Err(ReadFrameError::Io(e)) => Err(io(e)),
+                Err(ReadFrameError::Frame(source)) => Err(RpcError::Frame {
+                    addr: addr.clone(),
+                    source,
+                }),
+            };
         }
     }
 

@@ -361,6 +361,20 @@ fn consumer_group_members_follow_heartbeats_and_unregistrations() {
         &[],
     );
     assert_eq!(members(&mut conn), vec!["c2".to_string()]);
+    // A member whose connection closes leaves at once (its notification to c2 is skipped by
+    // this plain connection).
+    let mut other = connect(&broker.get("broker"));
+    beat(&mut other, "c5", "G");
+    assert_eq!(members(&mut conn), vec!["c2".to_string(), "c5".to_string()]);
+    drop(other);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while members(&mut conn) != vec!["c2".to_string()] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c5 should leave with its connection"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 #[test]
