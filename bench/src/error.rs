@@ -29,6 +29,9 @@ pub enum BenchError {
     #[error("could not run the glommio executor: {0}")]
     Runtime(String),
 
+    #[error(transparent)]
+    Driver(#[from] crate::drivers::DriverError),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

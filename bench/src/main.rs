@@ -1,8 +1,14 @@
 //! `shardmq-bench`: ShardMQ's load generator. Every subcommand prints a human table and, with
 //! `--json`, exactly one JSON object as the last line of stdout (see `report.rs`).
+//!
+//! Modes: the machine's ceilings (`disk`, `net`), the embedded engine (`engine`, `delay`),
+//! and a broker over the wire (`produce`, `consume`, `e2e`; `load/` and `drivers/`), against
+//! ShardMQ or, with the `redis` / `nats` features, Redis Streams and NATS JetStream.
 
 mod device;
+mod drivers;
 mod error;
+mod load;
 mod report;
 mod runtime;
 mod size;
@@ -37,6 +43,14 @@ enum Command {
     Engine(workloads::engine::EngineArgs),
     /// Delivery lateness of exact-time delayed messages through the embedded engine.
     Delay(workloads::delay::DelayArgs),
+    /// Producers sending to a broker over the wire (ShardMQ, or a peer with --target).
+    Produce(workloads::produce::ProduceArgs),
+    /// A consumer group reading (by default what the producers sent first).
+    Consume(workloads::consume::ConsumeArgs),
+    /// Producers and consumers together: end-to-end latency carried in each message.
+    E2e(workloads::e2e::E2eArgs),
+    /// The loopback TCP ceiling: bytes through a socket pair on 127.0.0.1, no broker.
+    Net(workloads::net::NetArgs),
 }
 
 fn run(command: &Command) -> Result<Report, BenchError> {
@@ -44,6 +58,10 @@ fn run(command: &Command) -> Result<Report, BenchError> {
         Command::Disk(args) => workloads::disk::run(args),
         Command::Engine(args) => workloads::engine::run(args),
         Command::Delay(args) => workloads::delay::run(args),
+        Command::Produce(args) => workloads::produce::run(args),
+        Command::Consume(args) => workloads::consume::run(args),
+        Command::E2e(args) => workloads::e2e::run(args),
+        Command::Net(args) => workloads::net::run(args),
     }
 }
 
