@@ -63,8 +63,13 @@ impl NatsTarget {
             .map_err(|e| DriverError::io("start the tokio runtime", e))?;
         let client = rt.block_on(async_nats::connect(url)).map_err(nats_err)?;
         let version = client.server_info().version;
+        // The JetStream context spawns a task: it must be made inside the runtime.
+        let js = {
+            let _inside = rt.enter();
+            jetstream::new(client)
+        };
         Ok(NatsTarget {
-            js: jetstream::new(client),
+            js,
             rt: Arc::new(rt),
             url: url.to_string(),
             version,
@@ -77,6 +82,7 @@ impl NatsTarget {
             .rt
             .block_on(async_nats::connect(&self.url))
             .map_err(nats_err)?;
+        let _inside = self.rt.enter();
         Ok(jetstream::new(client))
     }
 
@@ -293,5 +299,13 @@ impl Fetcher for NatsFetcher {
             }
             Ok(n)
         })
+    }
+}
+
+impl Drop for NatsFetcher {
+    fn drop(&mut self) {
+        // A subscription's drop spawns its unsubscribe: it must run inside the runtime.
+        let _inside = self.rt.enter();
+        self.consumers.clear();
     }
 }
