@@ -88,3 +88,139 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("shardmq-bench").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn produce_flags() {
+        let cli = parse(&[
+            "produce",
+            "--spawn",
+            "--flush",
+            "sync",
+            "--size",
+            "1K",
+            "--producers",
+            "64",
+            "--inflight",
+            "1",
+            "--duration",
+            "2.5",
+            "--warmup",
+            "1",
+            "--rate",
+            "5000",
+            "--batch",
+            "4",
+            "--topics",
+            "2",
+            "--queues",
+            "16",
+            "--json",
+        ])
+        .expect("parses");
+        assert!(cli.json);
+        let Command::Produce(p) = cli.command else {
+            panic!("not produce")
+        };
+        let a = p.load;
+        assert!(a.spawn);
+        assert_eq!(a.flush.as_deref(), Some("sync"));
+        assert_eq!((a.size, a.producers, a.inflight, a.batch), (1024, 64, 1, 4));
+        assert_eq!((a.topics, a.queues), (2, 16));
+        assert_eq!(
+            (a.duration, a.warmup, a.rate),
+            (Some(2.5), 1.0, Some(5000.0))
+        );
+        assert_eq!(a.target, "shardmq");
+        assert!(a.validate(false).is_ok());
+    }
+
+    #[test]
+    fn defaults_and_targets() {
+        let Command::E2e(e) = parse(&["e2e", "--namesrv", "127.0.0.1:9876"])
+            .expect("parses")
+            .command
+        else {
+            panic!("not e2e")
+        };
+        let a = &e.load;
+        assert_eq!((a.size, a.producers, a.inflight, a.batch), (1024, 4, 32, 1));
+        assert_eq!(
+            (a.count, a.duration, a.rate, e.consumers),
+            (None, None, None, None)
+        );
+        let w = a.window(1_000);
+        assert_eq!(w.end_ns, Some(1_000 + 10_000_000_000));
+        assert!(a.validate(true).is_ok());
+        let Command::Consume(c) = parse(&[
+            "consume",
+            "--target",
+            "redis://127.0.0.1:6379",
+            "--no-prefill",
+            "--count",
+            "5",
+        ])
+        .expect("parses")
+        .command
+        else {
+            panic!("not consume")
+        };
+        assert!(c.no_prefill && c.load.count == Some(5));
+        assert!(matches!(
+            parse(&["net", "--duration", "1", "--chunk", "64K", "--streams", "2"])
+                .expect("parses")
+                .command,
+            Command::Net(n) if n.chunk == 65536 && n.streams == 2
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_combinations() {
+        let bad = [
+            &["produce", "--spawn", "--namesrv", "x:1"][..],
+            &["produce", "--spawn", "--flush", "maybe"],
+            &["produce", "--spawn", "--count", "5", "--duration", "1"],
+            &["produce", "--spawn", "--rate", "0"],
+            &["produce", "--spawn", "--rate", "-3"],
+            &["produce", "--spawn", "--inflight", "0"],
+            &["produce", "--spawn", "--batch", "2000"],
+            &["produce", "--spawn", "--warmup", "-1"],
+            &["produce", "--spawn", "--size", "1Q"],
+            &["net", "--streams", "0"],
+        ];
+        for args in bad {
+            assert!(parse(args).is_err(), "{args:?} should not parse");
+        }
+        // Parse, but cannot run.
+        let invalid = [
+            (&["produce"][..], false),
+            (&["produce", "--flush", "sync", "--namesrv", "x:1"], false),
+            (
+                &["produce", "--broker-shards", "1", "--namesrv", "x:1"],
+                false,
+            ),
+            (&["produce", "--spawn", "--target", "nats://h:1"], false),
+            (&["produce", "--target", "kafka://h:1"], false),
+            (&["produce", "--spawn", "--size", "0"], false),
+            (&["produce", "--spawn", "--size", "5M"], false),
+            (&["produce", "--spawn", "--count", "0"], false),
+            (&["e2e", "--spawn", "--size", "4"], true),
+        ];
+        for (args, stamp) in invalid {
+            let cli = parse(args).expect("parses");
+            let load = match &cli.command {
+                Command::Produce(p) => &p.load,
+                Command::E2e(e) => &e.load,
+                _ => panic!("unexpected"),
+            };
+            assert!(load.validate(stamp).is_err(), "{args:?} should be refused");
+        }
+    }
+}

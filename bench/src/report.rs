@@ -202,6 +202,45 @@ mod tests {
     }
 
     #[test]
+    fn json_has_every_key() {
+        let mut r = Report::new(
+            "produce",
+            1,
+            1024,
+            Duration::from_secs(1),
+            &latency_histogram(),
+        );
+        r.device_flushes = Some(3);
+        r.param("size", 1024u64);
+        let v: Value = serde_json::from_str(&r.to_json_line()).expect("one JSON object");
+        let keys = [
+            "mode",
+            "messages",
+            "bytes",
+            "seconds",
+            "msgs_per_s",
+            "mb_per_s",
+            "p50_us",
+            "p90_us",
+            "p99_us",
+            "p999_us",
+            "p9999_us",
+            "max_us",
+            "errors",
+            "device_flushes",
+            "params",
+        ];
+        let obj = v.as_object().expect("an object");
+        for k in keys {
+            assert!(obj.contains_key(k), "missing {k}");
+        }
+        assert_eq!(obj.len(), keys.len(), "unexpected keys in {obj:?}");
+        assert_eq!(v["mode"], "produce");
+        assert_eq!(v["device_flushes"], 3);
+        assert!(v["params"].is_object() && v["params"]["size"] == 1024);
+    }
+
+    #[test]
     fn empty_run_has_zero_rates() {
         let r = Report::new("empty", 0, 0, Duration::ZERO, &latency_histogram());
         assert_eq!(

@@ -54,17 +54,17 @@ pub struct LoadArgs {
     pub data_dir: Option<PathBuf>,
     /// With --spawn: the broker's flush mode, `sync` (SYNC_FLUSH) or `async` (ASYNC_FLUSH,
     /// the default).
-    #[arg(long, value_parser = ["sync", "async"], requires = "spawn")]
+    #[arg(long, value_parser = ["sync", "async"])]
     pub flush: Option<String>,
     /// With --spawn: the `shardmq` binary (default: next to this executable).
-    #[arg(long, requires = "spawn")]
+    #[arg(long)]
     pub broker_bin: Option<PathBuf>,
     /// With --spawn: the broker's shards (default: the broker's, one per core).
-    #[arg(long, requires = "spawn")]
+    #[arg(long)]
     pub broker_shards: Option<usize>,
     /// With --spawn: any broker configuration key, `--broker-set store.flush_interval_ms=200`
     /// (repeatable; see docs/config.md).
-    #[arg(long = "broker-set", value_name = "KEY=VALUE", requires = "spawn")]
+    #[arg(long = "broker-set", value_name = "KEY=VALUE")]
     pub broker_sets: Vec<String>,
     /// Message body size (K/M are binary: 1K = 1024).
     #[arg(long, value_parser = parse_size, default_value = "1024")]
@@ -134,6 +134,13 @@ impl LoadArgs {
         }
         if self.count == Some(0) || self.duration == Some(0.0) {
             return bad("--count and --duration must be > 0");
+        }
+        let broker_flags = self.flush.is_some()
+            || self.broker_bin.is_some()
+            || self.broker_shards.is_some()
+            || !self.broker_sets.is_empty();
+        if broker_flags && !self.spawn {
+            return bad("--flush, --broker-bin, --broker-shards and --broker-set need --spawn");
         }
         let kind = TargetKind::parse(&self.target)?;
         if kind == TargetKind::ShardMq && self.namesrv.is_none() && !self.spawn {
