@@ -3,10 +3,11 @@
 //! (feature `nats`).
 //!
 //! A [`Target`] creates the topics of a [`Layout`], hands out one [`Sender`] per producer
-//! thread and the [`Fetcher`]s of a consumer group. A sender keeps several sends in flight:
-//! [`Sender::submit`] starts one (a message, or a batch), [`Sender::wait`] returns the next
-//! one to complete, in whatever order they complete. How each system maps a topic and its
-//! queues:
+//! and the [`Fetcher`]s of a consumer group. A sender keeps several sends in flight:
+//! [`Sender::submit`] starts one (a message, or a batch), and each completion is posted, in
+//! whatever order they complete, to the channel of the thread running the producer
+//! ([`Notify`]): one thread runs many producers, so that 64 producers do not cost 64 threads
+//! of the load generator's own. How each system maps a topic and its queues:
 //!
 //! | layout | ShardMQ | Redis Streams | NATS JetStream |
 //! |---|---|---|---|
@@ -24,7 +25,7 @@ pub mod shardmq;
 pub mod spawn;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -90,15 +91,47 @@ pub enum StartAt {
     Latest,
 }
 
-/// One producer's connection: sends in flight, completed in any order.
+/// What a sender tells the thread running its producer: a send finished, or (ShardMQ) its
+/// future may have, to be polled by [`Sender::on_event`].
+#[derive(Debug)]
+pub enum Event {
+    Woken(u64),
+    Done(u64, Result<(), DriverError>),
+}
+
+/// Where a sender posts its events: the channel of the thread running its producer (one
+/// thread runs several producers), tagged with the producer's index on that thread.
+#[derive(Debug, Clone)]
+pub struct Notify {
+    index: usize,
+    tx: flume::Sender<(usize, Event)>,
+}
+
+impl Notify {
+    pub fn new(index: usize, tx: flume::Sender<(usize, Event)>) -> Self {
+        Notify { index, tx }
+    }
+
+    pub fn post(&self, event: Event) {
+        // The producer thread is gone only at the end of a run: nobody waits for it then.
+        let _ = self.tx.send((self.index, event));
+    }
+}
+
+/// One producer's connection: sends in flight, completed in any order, each completion
+/// posted to the sender's [`Notify`].
 pub trait Sender: Send {
     /// Starts sending `bodies` (one message, or a batch) to topic `topic` of the layout;
-    /// `token` names the send in [`Sender::wait`]. An error here means it never went out.
+    /// `token` names the send in its completion. An error here means it never went out.
     fn submit(&mut self, token: u64, topic: usize, bodies: Vec<Bytes>) -> Result<(), DriverError>;
 
-    /// The next send to complete and how it went; waits until `deadline`, and returns `None`
-    /// if nothing completed by then.
-    fn wait(&mut self, deadline: Instant) -> Option<(u64, Result<(), DriverError>)>;
+    /// The send an event this sender posted completes, if any, and how it went.
+    fn on_event(&mut self, event: Event) -> Option<(u64, Result<(), DriverError>)> {
+        match event {
+            Event::Done(token, result) => Some((token, result)),
+            Event::Woken(_) => None,
+        }
+    }
 }
 
 /// One consumer of a group: fetches what its share of the queues has next.
@@ -126,12 +159,14 @@ pub trait Target: Send + Sync {
     /// Creates the layout's topics (streams), empty where the system allows it.
     fn create_topics(&self, layout: &Layout) -> Result<(), DriverError>;
 
-    /// A sender for producer `id` that keeps up to `inflight` sends out.
+    /// A sender for producer `id` that keeps up to `inflight` sends out and posts their
+    /// completions to `notify`.
     fn sender(
         &self,
         layout: &Layout,
         id: usize,
         inflight: usize,
+        notify: Notify,
     ) -> Result<Box<dyn Sender>, DriverError>;
 
     /// `count` consumers of a new group named `group`, each with its share of the queues,

@@ -15,7 +15,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
@@ -25,7 +25,7 @@ use futures_lite::StreamExt;
 use serde_json::{Map, Value as Json};
 use tokio::runtime::Runtime;
 
-use super::{assigned, DriverError, Fetcher, Layout, Sender, StartAt, Target};
+use super::{assigned, DriverError, Event, Fetcher, Layout, Notify, Sender, StartAt, Target};
 
 /// Messages one fetch hands over at most before returning.
 const FETCH_MAX: usize = 256;
@@ -132,8 +132,8 @@ impl Target for NatsTarget {
         layout: &Layout,
         _id: usize,
         _inflight: usize,
+        notify: Notify,
     ) -> Result<Box<dyn Sender>, DriverError> {
-        let (done_tx, done) = flume::unbounded();
         Ok(Box::new(NatsSender {
             rt: Arc::clone(&self.rt),
             js: self.context()?,
@@ -145,8 +145,7 @@ impl Target for NatsTarget {
                 })
                 .collect(),
             next: 0,
-            done_tx,
-            done,
+            notify,
         }))
     }
 
@@ -208,15 +207,12 @@ impl Target for NatsTarget {
     }
 }
 
-type Done = (u64, Result<(), DriverError>);
-
 struct NatsSender {
     rt: Arc<Runtime>,
     js: Context,
     subjects: Vec<Vec<String>>,
     next: usize,
-    done_tx: flume::Sender<Done>,
-    done: flume::Receiver<Done>,
+    notify: Notify,
 }
 
 impl Sender for NatsSender {
@@ -232,7 +228,7 @@ impl Sender for NatsSender {
             }
             Ok::<_, DriverError>(acks)
         })?;
-        let done = self.done_tx.clone();
+        let notify = self.notify.clone();
         self.rt.spawn(async move {
             let mut outcome = Ok(());
             for ack in acks {
@@ -240,13 +236,9 @@ impl Sender for NatsSender {
                     outcome = Err(nats_err(e));
                 }
             }
-            let _ = done.send((token, outcome));
+            notify.post(Event::Done(token, outcome));
         });
         Ok(())
-    }
-
-    fn wait(&mut self, deadline: Instant) -> Option<Done> {
-        self.done.recv_deadline(deadline).ok()
     }
 }
 

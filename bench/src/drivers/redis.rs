@@ -17,14 +17,14 @@ use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpStream};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use redis::streams::StreamReadReply;
 use redis::{Client, ConnectionAddr, Value};
 use serde_json::{Map, Value as Json};
 
-use super::{assigned, DriverError, Fetcher, Layout, Sender, StartAt, Target};
+use super::{assigned, DriverError, Event, Fetcher, Layout, Notify, Sender, StartAt, Target};
 
 /// Messages asked for per XREADGROUP.
 const READ_COUNT: usize = 256;
@@ -113,6 +113,7 @@ impl Target for RedisTarget {
         layout: &Layout,
         _id: usize,
         _inflight: usize,
+        notify: Notify,
     ) -> Result<Box<dyn Sender>, DriverError> {
         let stream = TcpStream::connect(&self.addr)
             .map_err(|e| DriverError::io(format!("connect {}", self.addr), e))?;
@@ -121,10 +122,9 @@ impl Target for RedisTarget {
             .try_clone()
             .map_err(|e| DriverError::io("clone the socket", e))?;
         let (tokens, tokens_rx) = flume::unbounded::<(u64, usize)>();
-        let (done_tx, done) = flume::unbounded();
         let reader = std::thread::Builder::new()
             .name("bench-redis-replies".into())
-            .spawn(move || read_replies(read_half, &tokens_rx, &done_tx))
+            .spawn(move || read_replies(read_half, &tokens_rx, &notify))
             .map_err(|e| DriverError::io("start the reply reader", e))?;
         Ok(Box::new(RedisSender {
             stream,
@@ -138,7 +138,6 @@ impl Target for RedisTarget {
             next: 0,
             buf: Vec::new(),
             tokens: Some(tokens),
-            done,
             reader: Some(reader),
         }))
     }
@@ -183,12 +182,8 @@ impl Target for RedisTarget {
     }
 }
 
-/// Parses replies in order; each send's outcome goes to `done` once all its replies came.
-fn read_replies(
-    sock: TcpStream,
-    tokens: &flume::Receiver<(u64, usize)>,
-    done: &flume::Sender<(u64, Result<(), DriverError>)>,
-) {
+/// Parses replies in order; each send's outcome is posted once all its replies came.
+fn read_replies(sock: TcpStream, tokens: &flume::Receiver<(u64, usize)>, notify: &Notify) {
     let mut parser = redis::Parser::new();
     let mut input = BufReader::with_capacity(64 * 1024, sock);
     let mut broken: Option<String> = None;
@@ -213,7 +208,7 @@ fn read_replies(
                 std::io::Error::other(why.clone()),
             ));
         }
-        let _ = done.send((token, outcome));
+        notify.post(Event::Done(token, outcome));
     }
 }
 
@@ -224,7 +219,6 @@ struct RedisSender {
     next: usize,
     buf: Vec<u8>,
     tokens: Option<flume::Sender<(u64, usize)>>,
-    done: flume::Receiver<(u64, Result<(), DriverError>)>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -250,10 +244,6 @@ impl Sender for RedisSender {
         self.stream
             .write_all(&self.buf)
             .map_err(|e| DriverError::io("write to redis", e))
-    }
-
-    fn wait(&mut self, deadline: Instant) -> Option<(u64, Result<(), DriverError>)> {
-        self.done.recv_deadline(deadline).ok()
     }
 }
 

@@ -2,10 +2,10 @@
 //! given with `--namesrv`, or against a broker started for the run (`--spawn`).
 //!
 //! A single send is `Producer::send_async`; its `SendFuture` is polled with a waker that
-//! posts the send's token to the sender's event channel, so [`Sender::wait`] learns of
-//! completions in the order they happen (no head-of-line wait on the oldest send). A batch
-//! is `Producer::send_batch`, which blocks: batches go to `inflight` worker threads per
-//! sender that post their outcome on the same channel.
+//! posts the send's token to the producer thread's channel ([`Notify`]), so completions are
+//! seen in the order they happen (no head-of-line wait on the oldest send). A batch is
+//! `Producer::send_batch`, which blocks: batches go to `inflight` worker threads per sender
+//! that post their outcome on the same channel.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -22,7 +22,9 @@ use shardmq_client::consumer::PullOptions;
 use shardmq_client::{Message, MessageQueue, Producer, PullConsumer, PullStatus, SendFuture};
 
 use super::spawn::{SpawnOptions, SpawnedBroker};
-use super::{admin, assigned, DriverError, Fetcher, Layout, Sender, StartAt, Target};
+use super::{
+    admin, assigned, DriverError, Event, Fetcher, Layout, Notify, Sender, StartAt, Target,
+};
 
 /// Messages asked for per pull (the broker caps it at 1024).
 const PULL_MSGS_MAX: u32 = 256;
@@ -88,6 +90,7 @@ impl Target for ShardMq {
         layout: &Layout,
         _id: usize,
         inflight: usize,
+        notify: Notify,
     ) -> Result<Box<dyn Sender>, DriverError> {
         let producer = Producer::builder()
             .namesrv_addr(self.namesrv.clone())
@@ -98,13 +101,11 @@ impl Target for ShardMq {
         for t in 0..layout.topics {
             producer.writable_queues(&layout.topic(t))?;
         }
-        let (tx, rx) = flume::unbounded();
         Ok(Box::new(ShardSender {
             producer,
             topics: (0..layout.topics).map(|t| layout.topic(t)).collect(),
             pending: HashMap::new(),
-            events_tx: tx,
-            events: rx,
+            notify,
             inflight,
             batches: None,
         }))
@@ -148,18 +149,10 @@ impl Target for ShardMq {
     }
 }
 
-/// What the sender's channel carries.
-enum Event {
-    /// The future of this send may be ready: poll it.
-    Woken(u64),
-    /// A batch finished on a worker thread.
-    Done(u64, Result<(), DriverError>),
-}
-
 /// Posts a send's token when its future is woken.
 struct TokenWaker {
     token: u64,
-    tx: flume::Sender<Event>,
+    notify: Notify,
 }
 
 impl Wake for TokenWaker {
@@ -168,7 +161,7 @@ impl Wake for TokenWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let _ = self.tx.send(Event::Woken(self.token));
+        self.notify.post(Event::Woken(self.token));
     }
 }
 
@@ -191,8 +184,7 @@ struct ShardSender {
     producer: Producer,
     topics: Vec<String>,
     pending: HashMap<u64, (SendFuture, Waker)>,
-    events_tx: flume::Sender<Event>,
-    events: flume::Receiver<Event>,
+    notify: Notify,
     inflight: usize,
     batches: Option<BatchPool>,
 }
@@ -203,8 +195,7 @@ impl ShardSender {
             let (jobs, rx) = flume::unbounded::<(u64, Vec<Message>)>();
             let mut threads = Vec::new();
             for i in 0..self.inflight.max(1) {
-                let (rx, done, producer) =
-                    (rx.clone(), self.events_tx.clone(), self.producer.clone());
+                let (rx, done, producer) = (rx.clone(), self.notify.clone(), self.producer.clone());
                 let t = std::thread::Builder::new()
                     .name(format!("bench-batch-{i}"))
                     .spawn(move || {
@@ -213,7 +204,7 @@ impl ShardSender {
                                 .send_batch(msgs)
                                 .map(|_| ())
                                 .map_err(DriverError::from);
-                            let _ = done.send(Event::Done(token, r));
+                            done.post(Event::Done(token, r));
                         }
                     })
                     .map_err(|e| DriverError::io("start a batch sender thread", e))?;
@@ -251,11 +242,11 @@ impl Sender for ShardSender {
             let fut = self.producer.send_async(Message::new(name.clone(), body));
             let waker = Waker::from(Arc::new(TokenWaker {
                 token,
-                tx: self.events_tx.clone(),
+                notify: self.notify.clone(),
             }));
             self.pending.insert(token, (fut, waker));
             if let Some(r) = self.poll(token) {
-                let _ = self.events_tx.send(Event::Done(token, r));
+                self.notify.post(Event::Done(token, r));
             }
             return Ok(());
         }
@@ -270,16 +261,11 @@ impl Sender for ShardSender {
         }
     }
 
-    fn wait(&mut self, deadline: Instant) -> Option<(u64, Result<(), DriverError>)> {
-        loop {
-            match self.events.recv_deadline(deadline).ok()? {
-                Event::Done(token, r) => return Some((token, r)),
-                Event::Woken(token) => {
-                    if let Some(r) = self.poll(token) {
-                        return Some((token, r));
-                    }
-                }
-            }
+    fn on_event(&mut self, event: Event) -> Option<(u64, Result<(), DriverError>)> {
+        match event {
+            Event::Done(token, r) => Some((token, r)),
+            // Spurious wake-ups leave the future pending: it posts again when it is ready.
+            Event::Woken(token) => self.poll(token).map(|r| (token, r)),
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct LoadArgs {
     /// Producer threads, each with its own connection.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub producers: u32,
+    /// Threads running the producers (default: one per core, at most --producers); each
+    /// producer keeps its own connection whatever thread runs it.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub threads: Option<u32>,
     /// Sends each producer keeps in flight.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub inflight: u32,
@@ -152,6 +156,14 @@ impl LoadArgs {
         Ok(())
     }
 
+    /// Threads for the producers: `--threads`, else one per core.
+    pub fn producer_threads(&self) -> usize {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.threads
+            .map_or(cores, |t| t as usize)
+            .min(self.producers as usize)
+    }
+
     pub fn layout(&self) -> Layout {
         Layout {
             prefix: self.topic_prefix.clone(),
@@ -199,6 +211,7 @@ impl LoadArgs {
             .param("size", self.size)
             .param("batch", self.batch)
             .param("producers", self.producers)
+            .param("producer_threads", self.producer_threads() as u64)
             .param("inflight", self.inflight)
             .param("topics", self.topics)
             .param("queues", self.queues)

@@ -1,10 +1,13 @@
-//! The producer side of a load: one thread per producer, each keeping up to `inflight` sends
-//! out through its [`Sender`], paced by a [`Pacer`] when the load has a rate.
+//! The producer side of a load. Each producer has its own connection ([`Sender`]) and keeps
+//! up to `inflight` sends out, paced by a [`Pacer`] when the load has a rate. Producers are
+//! spread over a few threads (`--threads`, by default one per core): a thread runs the
+//! loop of all its producers, whose senders post completions to the thread's one channel,
+//! so the load generator's own cost does not grow with the number of producers.
 //!
-//! A producer's loop: while its window has room and the next send is due, submit it;
-//! otherwise wait for a completion, but only until the next send is due (so a slow answer
-//! never delays a send in a fixed-rate run: that would be coordinated omission). Each
-//! completion records the latency from the send's intended time (see `pace.rs`).
+//! A thread's loop: submit every send that is due and has room in its producer's window;
+//! then wait for completions, but only until the next send is due (so a slow answer never
+//! delays a send in a fixed-rate run: that would be coordinated omission). Each completion
+//! records the latency from its send's intended time (see `pace.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,11 +17,11 @@ use bytes::{Bytes, BytesMut};
 
 use super::pace::{latency_ns, write_stamp, Pacer, Window};
 use super::stats::{now_ns, Live, Recorder};
-use crate::drivers::{Layout, Sender, Target};
+use crate::drivers::{DriverError, Event, Layout, Notify, Sender, Target};
 use crate::error::BenchError;
 
-/// How long a producer waits for its last sends after it stopped sending.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A thread gives up on its producers' sends when none completed for this long.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What one producer does.
 #[derive(Debug, Clone)]
@@ -50,104 +53,145 @@ struct InFlight {
     messages: u64,
 }
 
-/// Runs one producer to the end of its window and its drain.
-pub fn run_producer(
-    sender: &mut dyn Sender,
-    plan: &ProducerPlan,
-    live: Arc<Live>,
-) -> ProducerOutcome {
-    let payload = Bytes::from(vec![b'x'; plan.size]);
-    let mut rec = Recorder::new(Arc::clone(&live));
-    let mut out: HashMap<u64, InFlight> = HashMap::with_capacity(plan.inflight * 2);
-    let (mut k, mut measured_sent, mut acked, mut errors) = (0u64, 0u64, 0u64, 0u64);
-    let mut sending = true;
-    let mut drain_deadline = None;
+/// One producer's state on its thread.
+struct Producer {
+    plan: ProducerPlan,
+    sender: Box<dyn Sender>,
+    payload: Bytes,
+    out: HashMap<u64, InFlight>,
+    k: u64,
+    measured_sent: u64,
+    sending: bool,
+    rec: Recorder,
+    acked: u64,
+    errors: u64,
+}
+
+impl Producer {
+    /// Submits every send due by `now` that fits the window; the due time of the next one
+    /// (if it waits for time, not for room).
+    fn submit_due(&mut self, now: u64, live: &Live) -> Option<u64> {
+        while self.sending && self.out.len() < self.plan.inflight {
+            let due = self.plan.pacer.due(self.k).unwrap_or(now);
+            if !self.plan.window.may_send(due, self.measured_sent) {
+                self.sending = false;
+                break;
+            }
+            if due > now {
+                return Some(due);
+            }
+            self.submit(due, live);
+        }
+        None
+    }
+
+    fn submit(&mut self, due: u64, live: &Live) {
+        let measured = self.plan.window.is_measured(due);
+        let n = match (self.plan.window.quota, measured) {
+            (Some(q), true) => (self.plan.batch as u64).min(q - self.measured_sent),
+            _ => self.plan.batch as u64,
+        };
+        let bodies = (0..n)
+            .map(|_| body(&self.payload, self.plan.stamp, due))
+            .collect();
+        let topic = (self.plan.id + self.k as usize) % self.plan.topics.max(1);
+        match self.sender.submit(self.k, topic, bodies) {
+            Ok(()) => {
+                let sent = InFlight {
+                    intended_ns: due,
+                    messages: n,
+                };
+                self.out.insert(self.k, sent);
+            }
+            Err(e) => self.failed(n, &e, live),
+        }
+        self.measured_sent += if measured { n } else { 0 };
+        self.k += 1;
+    }
+
+    fn complete(&mut self, token: u64, result: Result<(), DriverError>, live: &Live) {
+        let done = now_ns();
+        let Some(sent) = self.out.remove(&token) else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                self.acked += sent.messages;
+                let measured = self.plan.window.is_measured(sent.intended_ns);
+                let lat = latency_ns(sent.intended_ns, done);
+                let bytes = sent.messages * self.plan.size as u64;
+                self.rec
+                    .done(sent.messages, bytes, done, measured, Some(lat));
+            }
+            Err(e) => self.failed(sent.messages, &e, live),
+        }
+    }
+
+    fn failed(&mut self, messages: u64, e: &DriverError, live: &Live) {
+        tracing::debug!("send failed: {e}");
+        self.errors += messages;
+        live.add_error();
+    }
+
+    fn finished(&self) -> bool {
+        !self.sending && self.out.is_empty()
+    }
+}
+
+/// Runs a thread's producers to the end of their windows and their last completions.
+fn run_thread(
+    mut producers: Vec<Producer>,
+    events: &flume::Receiver<(usize, Event)>,
+    live: &Live,
+) -> Vec<ProducerOutcome> {
+    let mut last_event = Instant::now();
     loop {
         let now = now_ns();
-        let due = plan.pacer.due(k).unwrap_or(now);
-        if sending && !plan.window.may_send(due, measured_sent) {
-            sending = false;
-        }
-        if !sending && out.is_empty() {
+        let next_due = producers
+            .iter_mut()
+            .filter_map(|p| p.submit_due(now, live))
+            .min();
+        if producers.iter().all(Producer::finished) {
             break;
         }
-        let room = out.len() < plan.inflight;
-        if sending && room && due <= now {
-            let measured = plan.window.is_measured(due);
-            let n = match (plan.window.quota, measured) {
-                (Some(q), true) => (plan.batch as u64).min(q - measured_sent),
-                _ => plan.batch as u64,
-            };
-            let bodies = (0..n).map(|_| body(&payload, plan.stamp, due)).collect();
-            let topic = (plan.id + k as usize) % plan.topics.max(1);
-            match sender.submit(k, topic, bodies) {
-                Ok(()) => {
-                    out.insert(
-                        k,
-                        InFlight {
-                            intended_ns: due,
-                            messages: n,
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::debug!("send failed: {e}");
-                    errors += n;
-                    live.add_error();
-                }
-            }
-            measured_sent += if measured { n } else { 0 };
-            k += 1;
-            continue;
-        }
-        if out.is_empty() && sending {
-            super::stats::sleep_until_ns(due);
-            continue;
-        }
-        // Wait for a completion: until the next send is due, or as long as it takes.
-        let deadline = if sending && room {
-            Instant::now() + Duration::from_nanos(due.saturating_sub(now))
-        } else if sending {
-            Instant::now() + DRAIN_TIMEOUT
-        } else {
-            *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT)
+        let deadline = match next_due {
+            Some(due) => Instant::now() + Duration::from_nanos(due.saturating_sub(now_ns())),
+            None => last_event + STALL_TIMEOUT,
         };
-        match sender.wait(deadline) {
-            Some((token, result)) => {
-                let done = now_ns();
-                let Some(sent) = out.remove(&token) else {
-                    continue;
-                };
-                match result {
-                    Ok(()) => {
-                        acked += sent.messages;
-                        let measured = plan.window.is_measured(sent.intended_ns);
-                        let lat = latency_ns(sent.intended_ns, done);
-                        let bytes = sent.messages * plan.size as u64;
-                        rec.done(sent.messages, bytes, done, measured, Some(lat));
-                    }
-                    Err(e) => {
-                        tracing::debug!("send failed: {e}");
-                        errors += sent.messages;
-                        live.add_error();
+        match events.recv_deadline(deadline) {
+            Ok(first) => {
+                last_event = Instant::now();
+                for (i, event) in std::iter::once(first).chain(events.try_iter()) {
+                    let Some(p) = producers.get_mut(i) else {
+                        continue;
+                    };
+                    if let Some((token, result)) = p.sender.on_event(event) {
+                        p.complete(token, result, live);
                     }
                 }
             }
-            None if Instant::now() >= deadline && (!sending || !room) => {
-                // Nothing completed in DRAIN_TIMEOUT: count what is still out as failed.
-                errors += out.values().map(|f| f.messages).sum::<u64>();
-                out.clear();
-                sending = false;
+            Err(_) if last_event.elapsed() >= STALL_TIMEOUT => {
+                // Nothing completed for a long time: count what is still out as failed.
+                for p in &mut producers {
+                    let stuck: u64 = p.out.drain().map(|(_, f)| f.messages).sum();
+                    p.errors += stuck;
+                    p.sending = false;
+                }
             }
-            None => {}
+            Err(_) => {}
         }
     }
-    rec.flush();
-    ProducerOutcome {
-        recorder: rec,
-        acked,
-        errors,
-    }
+    producers
+        .into_iter()
+        .map(|mut p| {
+            p.rec.flush();
+            ProducerOutcome {
+                recorder: p.rec,
+                acked: p.acked,
+                errors: p.errors,
+            }
+        })
+        .collect()
 }
 
 fn body(payload: &Bytes, stamp: bool, intended_ns: u64) -> Bytes {
@@ -159,57 +203,95 @@ fn body(payload: &Bytes, stamp: bool, intended_ns: u64) -> Bytes {
     b.freeze()
 }
 
-/// The producers of a run, started together.
+/// The senders of one producer thread and the channel they post to.
+pub struct SenderGroup {
+    /// Producer ids, in the order of `senders`.
+    ids: Vec<usize>,
+    senders: Vec<Box<dyn Sender>>,
+    events: flume::Receiver<(usize, Event)>,
+}
+
+/// The producers of a run.
 pub struct ProducerSet {
-    threads: Vec<std::thread::JoinHandle<ProducerOutcome>>,
+    threads: Vec<std::thread::JoinHandle<Vec<ProducerOutcome>>>,
 }
 
 impl ProducerSet {
-    /// Opens `count` senders (before any producer starts, so connecting is not timed).
+    /// Opens `count` senders on `threads` threads (before any producer starts, so that
+    /// connecting is not timed); producer `i` runs on thread `i % threads`.
     pub fn open(
         target: &dyn Target,
         layout: &Layout,
         count: usize,
+        threads: usize,
         inflight: usize,
-    ) -> Result<Vec<Box<dyn Sender>>, BenchError> {
-        (0..count)
-            .map(|id| {
-                target
-                    .sender(layout, id, inflight)
-                    .map_err(BenchError::from)
-            })
-            .collect()
+    ) -> Result<Vec<SenderGroup>, BenchError> {
+        let threads = threads.clamp(1, count.max(1));
+        let mut groups = Vec::with_capacity(threads);
+        for t in 0..threads {
+            let (tx, events) = flume::unbounded();
+            let ids: Vec<usize> = (t..count).step_by(threads).collect();
+            let mut senders = Vec::with_capacity(ids.len());
+            for (index, &id) in ids.iter().enumerate() {
+                let notify = Notify::new(index, tx.clone());
+                senders.push(target.sender(layout, id, inflight, notify)?);
+            }
+            groups.push(SenderGroup {
+                ids,
+                senders,
+                events,
+            });
+        }
+        Ok(groups)
     }
 
-    /// Starts one producer thread per plan, each with its sender.
+    /// Starts each group's thread with the plans of its producers (`plans[id]`).
     pub fn start(
-        senders: Vec<Box<dyn Sender>>,
-        plans: Vec<ProducerPlan>,
+        groups: Vec<SenderGroup>,
+        plans: &[ProducerPlan],
         live: &Arc<Live>,
     ) -> Result<ProducerSet, BenchError> {
-        let mut threads = Vec::with_capacity(plans.len());
-        for (plan, mut sender) in plans.into_iter().zip(senders) {
-            let live = Arc::clone(live);
-            let t = std::thread::Builder::new()
-                .name(format!("bench-producer-{}", plan.id))
-                .spawn(move || run_producer(sender.as_mut(), &plan, live))
+        let mut threads = Vec::with_capacity(groups.len());
+        for (t, g) in groups.into_iter().enumerate() {
+            let producers: Vec<Producer> = g
+                .ids
+                .iter()
+                .zip(g.senders)
+                .map(|(&id, sender)| Producer {
+                    payload: Bytes::from(vec![b'x'; plans[id].size]),
+                    plan: plans[id].clone(),
+                    sender,
+                    out: HashMap::new(),
+                    k: 0,
+                    measured_sent: 0,
+                    sending: true,
+                    rec: Recorder::new(Arc::clone(live)),
+                    acked: 0,
+                    errors: 0,
+                })
+                .collect();
+            let (live, events) = (Arc::clone(live), g.events);
+            let handle = std::thread::Builder::new()
+                .name(format!("bench-producers-{t}"))
+                .spawn(move || run_thread(producers, &events, &live))
                 .map_err(|e| BenchError::io("start a producer thread", e))?;
-            threads.push(t);
+            threads.push(handle);
         }
         Ok(ProducerSet { threads })
     }
 
-    /// Waits for every producer; their outcomes (a producer that panicked counts nothing).
+    /// Waits for every producer; their outcomes (a thread that panicked counts nothing).
     pub fn join(self) -> Vec<ProducerOutcome> {
         self.threads
             .into_iter()
             .filter_map(|t| t.join().ok())
+            .flatten()
             .collect()
     }
 }
 
-/// One plan per producer: `total_rate` messages/s shared (none: as fast as possible),
-/// `count` measured messages shared (or a timed window), measured from `measure_start_ns`.
+/// One plan per producer (index = id): `total_rate` messages/s shared (none: as fast as
+/// possible), `count` measured messages shared (or a timed window), from `start_ns`.
 #[allow(clippy::too_many_arguments)]
 pub fn plans(
     producers: usize,

@@ -62,7 +62,7 @@ fn prefill(
 ) -> Result<(u64, u64, f64), BenchError> {
     let live = Arc::new(Live::default());
     let (n, inflight) = (a.producers as usize, a.inflight as usize);
-    let senders = ProducerSet::open(target, layout, n, inflight)?;
+    let senders = ProducerSet::open(target, layout, n, a.producer_threads(), inflight)?;
     let start = now_ns();
     let window = Window {
         measure_start_ns: start,
@@ -81,7 +81,7 @@ fn prefill(
         false,
     );
     let progress = Progress::start("prefill", Arc::clone(&live));
-    let outcomes = ProducerSet::start(senders, plans, &live)?.join();
+    let outcomes = ProducerSet::start(senders, &plans, &live)?.join();
     progress.finish();
     let secs = (now_ns() - start) as f64 / 1e9;
     let acked = outcomes.iter().map(|o| o.acked).sum();

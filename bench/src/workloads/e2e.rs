@@ -46,7 +46,13 @@ pub fn run(args: &E2eArgs) -> Result<Report, BenchError> {
     let fetchers = target.fetchers(&layout, &group, consumers, StartAt::Latest)?;
     let (sent_live, read_live) = (Arc::new(Live::default()), Arc::new(Live::default()));
     let (producers, inflight) = (a.producers as usize, a.inflight as usize);
-    let senders = ProducerSet::open(target.as_ref(), &layout, producers, inflight)?;
+    let senders = ProducerSet::open(
+        target.as_ref(),
+        &layout,
+        producers,
+        a.producer_threads(),
+        inflight,
+    )?;
 
     let start = now_ns();
     let window = a.window(start);
@@ -66,7 +72,7 @@ pub fn run(args: &E2eArgs) -> Result<Report, BenchError> {
         start,
         true,
     );
-    let writers = ProducerSet::start(senders, plans, &sent_live)?;
+    let writers = ProducerSet::start(senders, &plans, &sent_live)?;
     sleep_until_ns(window.measure_start_ns);
     let mut flushes = flush_counter(target.as_ref(), a.data_dir.as_ref());
     let sent = writers.join();

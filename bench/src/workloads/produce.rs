@@ -30,7 +30,13 @@ pub fn run(args: &ProduceArgs) -> Result<Report, BenchError> {
     target.create_topics(&layout)?;
     let live = Arc::new(Live::default());
     let (producers, inflight) = (a.producers as usize, a.inflight as usize);
-    let senders = ProducerSet::open(target.as_ref(), &layout, producers, inflight)?;
+    let senders = ProducerSet::open(
+        target.as_ref(),
+        &layout,
+        producers,
+        a.producer_threads(),
+        inflight,
+    )?;
     let start = now_ns();
     let window = a.window(start);
     let plans = producer::plans(
@@ -45,7 +51,7 @@ pub fn run(args: &ProduceArgs) -> Result<Report, BenchError> {
         false,
     );
     let progress = Progress::start("produce", Arc::clone(&live));
-    let set = ProducerSet::start(senders, plans, &live)?;
+    let set = ProducerSet::start(senders, &plans, &live)?;
     sleep_until_ns(window.measure_start_ns);
     let mut flushes = flush_counter(target.as_ref(), a.data_dir.as_ref());
     let outcomes = set.join();
