@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""The tables of scripts/bench-compare.
+
+usage: bench-compare-tables.py RESULTS NATS_VERSION NATS_HAS_SYNC
+
+RESULTS has one line per run: a name, a space, and the JSON report `shardmq-bench --json`
+printed. Prints the two tables ("acknowledged after a flush", "acknowledged before a
+flush") with absolute figures, device flushes and the ratios ours / ceiling and ours /
+peer, then the other figures of the benchmark issue with their targets.
+"""
+import json
+import sys
+
+runs = {}
+for line in open(sys.argv[1]):
+    name, js = line.split(' ', 1)
+    runs[name] = json.loads(js)
+nats_version, nats_has_sync = sys.argv[2], sys.argv[3] == '1'
+
+
+def get(name, key):
+    r = runs.get(name)
+    return None if r is None else r.get(key)
+
+
+def fmt(v, spec):
+    return '-' if v is None else format(v, spec)
+
+
+def ratio(a, b):
+    return None if a is None or not b else a / b
+
+
+def verdict(value, floor=None, aim=None, below=False):
+    """'met'/'missed' against a floor (and aim); below=True when smaller is better."""
+    if value is None:
+        return 'not measured'
+    ok = (lambda v, t: v <= t) if below else (lambda v, t: v >= t)
+    words = []
+    if floor is not None:
+        words.append(f"floor {floor:g}: {'met' if ok(value, floor) else 'MISSED'}")
+    if aim is not None:
+        words.append(f"aim {aim:g}: {'met' if ok(value, aim) else 'missed'}")
+    return ', '.join(words)
+
+
+HEAD = (f"{'run':<34} {'msgs/s':>10} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} "
+        f"{'p99.9 us':>9} {'flushes':>8} {'msgs/flush':>10} {'ours/this':>9}")
+
+
+def row(label, name, ours=None):
+    r = runs.get(name)
+    if r is None:
+        print(f"{label:<34} {'(not run)':>10}")
+        return
+    flushes = r.get('device_flushes')
+    per_flush = r['messages'] / flushes if flushes else None
+    lat = r['p50_us'] or r['p99_us']
+    mine = ratio(get(ours, 'msgs_per_s'), r['msgs_per_s']) if ours and ours != name else None
+    print(f"{label:<34} {r['msgs_per_s']:>10.0f} {r['mb_per_s']:>8.1f} "
+          f"{fmt(r['p50_us'] if lat else None, '>8')} {fmt(r['p99_us'] if lat else None, '>8')} "
+          f"{fmt(r['p999_us'] if lat else None, '>9')} {fmt(flushes, '>8')} "
+          f"{fmt(per_flush, '>10.1f')} {fmt(mine, '>9.2f')}")
+
+
+def ceiling_row(label, name):
+    r = runs.get(name)
+    mb = fmt(r and r['mb_per_s'], '>8.1f')
+    print(f"{label:<34} {'':>10} {mb} {'':>8} {'':>8} {'':>9} "
+          f"{fmt(r and r.get('device_flushes'), '>8')}")
+
+
+def table(title, ours, peers, disk, note):
+    print(f"\n{title}\n{note}\n{HEAD}")
+    ceiling_row(f"ceiling: {disk}", disk)
+    ceiling_row("ceiling: net (loopback TCP)", 'net')
+    row(f"ShardMQ ({ours.split('-')[0].upper()}_FLUSH)", ours)
+    for label, name in peers:
+        row(label, name, ours)
+    ceil = min(x for x in [get(disk, 'mb_per_s'), get('net', 'mb_per_s'), float('inf')] if x)
+    c = ratio(get(ours, 'mb_per_s'), ceil if ceil != float('inf') else None)
+    print(f"ShardMQ / min({disk}, net) = {fmt(c, '.3f')} (MB/s)")
+    return c
+
+
+sync_peers = [("Redis Streams, appendfsync always", 'sync-redis')]
+if nats_has_sync:
+    sync_peers.append(("NATS JetStream, sync_interval always", 'sync-nats'))
+c_sync = table("== acknowledged after a flush ==", 'sync-shardmq', sync_peers, 'disk-sync',
+               "1 KiB, 64 producers x 1 in flight; ceiling disk-sync = 64 KiB write + fdatasync")
+if not nats_has_sync:
+    print(f"NATS JetStream: not in this class: nats-server {nats_version} has no per-write sync "
+          "(sync_interval arrived in 2.10; 2.9 syncs its file store on a timer)")
+r = ratio(get('sync-shardmq', 'msgs_per_s'), get('sync-redis', 'msgs_per_s'))
+print(f"ShardMQ SYNC / Redis always = {fmt(r, '.1f')} x msgs/s  ({verdict(r, floor=20)})")
+
+c_async = table("== acknowledged before a flush ==", 'async-shardmq',
+                [("Redis Streams, appendfsync everysec", 'async-redis'),
+                 ("NATS JetStream (file store, default)", 'async-nats')], 'disk',
+                "1 KiB, 2 producers x 512 in flight (as fast as possible)")
+print(f"ShardMQ ASYNC / min(disk, net)  {verdict(c_async, floor=0.5, aim=0.8)}")
+best = max([x for x in [get('async-redis', 'msgs_per_s'), get('async-nats', 'msgs_per_s')] if x],
+           default=None)
+r = ratio(get('async-shardmq', 'msgs_per_s'), best)
+print(f"ShardMQ ASYNC / best peer = {fmt(r, '.2f')} x msgs/s  ({verdict(r, floor=2)})")
+
+print("\n== other figures ==")
+r = ratio(get('sync-shardmq', 'msgs_per_s'), get('async-shardmq-64x1', 'msgs_per_s'))
+print(f"SYNC / ASYNC at 64 x 1 in flight = {fmt(r, '.2f')}  ({verdict(r, aim=0.5)}); "
+      f"ASYNC 64x1: {fmt(get('async-shardmq-64x1', 'msgs_per_s'), '.0f')} msgs/s")
+e = runs.get('e2e-half')
+if e:
+    p99, p9999 = e['p99_us'], e['p9999_us']
+    print(f"e2e at {e['params'].get('rate', 0):.0f} msgs/s (half the ASYNC rate): "
+          f"p50 {e['p50_us']} us, p99 {p99} us ({verdict(p99, floor=1000, aim=500, below=True)}), "
+          f"p99.99 {p9999} us = {p9999 / max(p99, 1):.1f} x p99 (aim <= 5), lost {e['params'].get('lost')}")
+r = get('batch-128', 'msgs_per_s')
+print(f"128 B in batches of 256: {fmt(r, '.0f')} msgs/s  ({verdict(r, floor=500_000, aim=1_000_000)})")
+s1, s2 = get('engine-shards-1', 'msgs_per_s'), get('engine-shards-2', 'msgs_per_s')
+r = ratio(s2, s1)
+print(f"engine 128 B: --shards 1 {fmt(s1, '.0f')}, --shards 2 {fmt(s2, '.0f')} msgs/s: "
+      f"{fmt(r, '.2f')} x  ({verdict(r, floor=1.6, aim=1.9)})")
+print("\nper run (JSON): " + json.dumps({k: {x: v[x] for x in ('msgs_per_s', 'mb_per_s', 'p99_us', 'device_flushes', 'errors')}
+                                        for k, v in runs.items()}))
