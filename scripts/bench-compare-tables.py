@@ -104,6 +104,19 @@ best = max([x for x in [get('async-redis', 'msgs_per_s'), get('async-nats', 'msg
 r = ratio(get('async-shardmq', 'msgs_per_s'), best)
 print(f"ShardMQ ASYNC / best peer = {fmt(r, '.2f')} x msgs/s  ({verdict(r, floor=2)})")
 
+print("\n== consume: a consumer group reading back what was sent first (1 KiB) ==")
+print(f"{'system':<34} {'msgs/s':>10} {'MB/s':>8} {'consumers':>9} {'sent msgs/s':>11} {'ours/this':>9}")
+for label, name in [("ShardMQ (pull consumers)", 'consume-shardmq'),
+                    ("Redis Streams (XREADGROUP + XACK)", 'consume-redis'),
+                    ("NATS JetStream (durable pull)", 'consume-nats')]:
+    r = runs.get(name)
+    if r is None:
+        print(f"{label:<34} {'(not run)':>10}")
+        continue
+    mine = ratio(get('consume-shardmq', 'msgs_per_s'), r['msgs_per_s']) if name != 'consume-shardmq' else None
+    print(f"{label:<34} {r['msgs_per_s']:>10.0f} {r['mb_per_s']:>8.1f} {r['params'].get('consumers', 0):>9} "
+          f"{r['params'].get('prefill_msgs_per_s', 0):>11.0f} {fmt(mine, '>9.2f')}")
+
 print("\n== other figures ==")
 r = ratio(get('sync-shardmq', 'msgs_per_s'), get('async-shardmq-64x1', 'msgs_per_s'))
 print(f"SYNC / ASYNC at 64 x 1 in flight = {fmt(r, '.2f')}  ({verdict(r, aim=0.5)}); "

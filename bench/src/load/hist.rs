@@ -58,9 +58,9 @@ pub fn write_percentiles(hist: &Histogram<u64>, out: &mut impl Write) -> io::Res
     )?;
     writeln!(
         out,
-        "#[Buckets = {:>12}, SubBuckets     = {:>12}]",
+        "#[Buckets = {:>12}, SigFigures     = {:>12}]",
         hist.buckets(),
-        hist.distinct_values()
+        hist.sigfig()
     )
 }
 
