@@ -68,16 +68,33 @@ struct Producer {
 }
 
 impl Producer {
+    fn new(plan: ProducerPlan, sender: Box<dyn Sender>, live: &Arc<Live>) -> Self {
+        Producer {
+            payload: Bytes::from(vec![b'x'; plan.size]),
+            plan,
+            sender,
+            out: HashMap::new(),
+            k: 0,
+            measured_sent: 0,
+            sending: true,
+            rec: Recorder::new(Arc::clone(live)),
+            acked: 0,
+            errors: 0,
+        }
+    }
+
     /// Submits every send due by `now` that fits the window; the due time of the next one
-    /// (if it waits for time, not for room).
+    /// (if it waits for time, not for room). An unpaced send is due when it is submitted
+    /// (the clock is read for each, so the sends before it on this thread do not count).
     fn submit_due(&mut self, now: u64, live: &Live) -> Option<u64> {
         while self.sending && self.out.len() < self.plan.inflight {
-            let due = self.plan.pacer.due(self.k).unwrap_or(now);
+            let paced = self.plan.pacer.due(self.k);
+            let due = paced.unwrap_or_else(now_ns);
             if !self.plan.window.may_send(due, self.measured_sent) {
                 self.sending = false;
                 break;
             }
-            if due > now {
+            if paced.is_some() && due > now {
                 return Some(due);
             }
             self.submit(due, live);
@@ -257,18 +274,7 @@ impl ProducerSet {
                 .ids
                 .iter()
                 .zip(g.senders)
-                .map(|(&id, sender)| Producer {
-                    payload: Bytes::from(vec![b'x'; plans[id].size]),
-                    plan: plans[id].clone(),
-                    sender,
-                    out: HashMap::new(),
-                    k: 0,
-                    measured_sent: 0,
-                    sending: true,
-                    rec: Recorder::new(Arc::clone(live)),
-                    acked: 0,
-                    errors: 0,
-                })
+                .map(|(&id, sender)| Producer::new(plans[id].clone(), sender, live))
                 .collect();
             let (live, events) = (Arc::clone(live), g.events);
             let handle = std::thread::Builder::new()
@@ -325,3 +331,7 @@ pub fn plans(
         })
         .collect()
 }
+
+#[cfg(test)]
+#[path = "producer_tests.rs"]
+mod tests;
