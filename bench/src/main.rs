@@ -74,6 +74,7 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    drivers::spawn::clean_up_on_signal();
     match run(&cli.command) {
         Ok(report) => match report.emit(cli.json) {
             Ok(()) => ExitCode::SUCCESS,

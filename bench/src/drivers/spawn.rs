@@ -6,11 +6,13 @@
 //! in `data/` and its log in `broker.log`, on free loopback ports (port 0; the addresses are
 //! read back from the JSON `ready` line it prints on stdout). Dropping [`SpawnedBroker`]
 //! stops it (SIGTERM, then SIGKILL after [`STOP_GRACE`]) and removes the directory, so an
-//! error anywhere in a run still cleans up.
+//! error anywhere in a run still cleans up; so does SIGINT or SIGTERM to the bench
+//! ([`clean_up_on_signal`]), which exits without running destructors otherwise.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::DriverError;
@@ -19,6 +21,57 @@ use super::DriverError;
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a broker may take to stop after SIGTERM before it is killed.
 pub const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// The brokers running now (pid, temporary directory), for the signal handler.
+static RUNNING: Mutex<Vec<(u32, PathBuf)>> = Mutex::new(Vec::new());
+
+fn running() -> std::sync::MutexGuard<'static, Vec<(u32, PathBuf)>> {
+    RUNNING.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|p| rustix::process::kill_process(p, sig).is_ok())
+}
+
+/// Whether child `pid` has exited (reaps it; the process is about to exit anyway).
+fn exited(pid: u32) -> bool {
+    use rustix::process::{waitpid, Pid, WaitOptions};
+    match Pid::from_raw(pid as i32) {
+        Some(p) => !matches!(waitpid(Some(p), WaitOptions::NOHANG), Ok(None)),
+        None => true,
+    }
+}
+
+/// On SIGINT or SIGTERM: stops the brokers this process started, removes their
+/// directories, and exits with 130. Call once, early.
+pub fn clean_up_on_signal() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_none() {
+                return;
+            }
+            let brokers = std::mem::take(&mut *running());
+            for (pid, _) in &brokers {
+                signal(*pid, rustix::process::Signal::Term);
+            }
+            let deadline = Instant::now() + STOP_GRACE;
+            for (pid, dir) in &brokers {
+                while Instant::now() < deadline && !exited(*pid) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                signal(*pid, rustix::process::Signal::Kill);
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            eprintln!("shardmq-bench: interrupted");
+            std::process::exit(130);
+        });
+}
 
 /// How to start the broker.
 #[derive(Debug, Clone, Default)]
@@ -116,6 +169,7 @@ impl SpawnedBroker {
             .stderr(log_file)
             .spawn()
             .map_err(|e| DriverError::io(format!("start {}", binary.display()), e))?;
+        running().push((child.id(), dir.path().to_path_buf()));
         let mut broker = SpawnedBroker {
             child,
             namesrv: String::new(),
@@ -169,9 +223,7 @@ impl SpawnedBroker {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;
         }
-        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::Term);
-        }
+        signal(self.child.id(), rustix::process::Signal::Term);
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -187,6 +239,8 @@ impl SpawnedBroker {
 impl Drop for SpawnedBroker {
     fn drop(&mut self) {
         self.stop();
+        let pid = self.child.id();
+        running().retain(|(p, _)| *p != pid);
     }
 }
 
