@@ -6,7 +6,8 @@
 //!
 //! The timed region runs from the consumers' start to the last message read; it ends when
 //! `--count` messages were read, `--duration` passed, or nothing arrived for
-//! [`IDLE_STOP`]. No latency is measured (the latency columns are 0).
+//! [`IDLE_STOP`]. No latency is measured (the latency columns are 0, and `--hist` writes an
+//! empty distribution).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use crate::load::consumer::{ConsumerSet, Measure};
 use crate::load::pace::Window;
 use crate::load::producer::{self, ProducerSet};
 use crate::load::stats::{now_ns, Live, Progress, Recorder};
-use crate::load::{elapsed, flush_counter, merge, secs_ns, LoadArgs};
+use crate::load::{elapsed, flush_counter, merge, save_hist, secs_ns, LoadArgs};
 use crate::report::Report;
 
 /// Messages sent and read back when `--count` is not given.
@@ -162,5 +163,6 @@ pub fn run(args: &ConsumeArgs) -> Result<Report, BenchError> {
                 },
             );
     }
+    save_hist(a, &hist)?;
     Ok(report)
 }
