@@ -24,6 +24,10 @@ use shardmq_protocol::{error_response, Frame, FrameDecoder, Header, Status};
 use super::clients::ClientChannel;
 use super::{handler, Broker};
 
+/// Responses smaller than this are copied into one buffer with their neighbours and written
+/// together; larger ones (pull answers) are written as they are.
+const COALESCE_MAX: usize = 64 << 10;
+
 /// Numbers this process's connections (heartbeats remember which one they came on).
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -132,13 +136,26 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
                 let mut batch = vec![first];
                 batch.extend(rx.try_iter().map(|b| (b, true)));
                 batch.extend(push_rx.try_iter().map(|b| (b, false)));
+                // Small frames go out together, one write for the lot (a pipelining client's
+                // responses would otherwise cost a send each); a large one on its own.
+                let mut small = BytesMut::new();
                 for (b, counted) in &batch {
-                    if wr.write_all(b).await.is_err() {
-                        return;
+                    if b.len() >= COALESCE_MAX {
+                        if !small.is_empty() && wr.write_all(&small.split()).await.is_err() {
+                            return;
+                        }
+                        if wr.write_all(b).await.is_err() {
+                            return;
+                        }
+                    } else {
+                        small.extend_from_slice(b);
                     }
                     if *counted {
                         queued.set(queued.get() - b.len());
                     }
+                }
+                if !small.is_empty() && wr.write_all(&small).await.is_err() {
+                    return;
                 }
                 if wr.flush().await.is_err() {
                     return;
