@@ -157,9 +157,8 @@ impl Driver {
                     ));
                 }
                 Ok(_) => {
-                    last = ClientError::Config(format!(
-                        "broker {addr} does not list this member yet"
-                    ))
+                    last =
+                        ClientError::Config(format!("broker {addr} does not list this member yet"))
                 }
                 Err(e) => last = e,
             }
