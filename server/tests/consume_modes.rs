@@ -8,35 +8,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::standalone;
+use common::{admin, producer, standalone};
 use shardmq_client::consumer::push::{ConsumeFrom, MessageModel, PushConsumer};
-use shardmq_client::{ConsumeStatus, Message, OrderlyStatus, Producer, PullConsumer};
+use shardmq_client::{ConsumeStatus, Message, OrderlyStatus, PullConsumer};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-fn admin(namesrv: &str, args: &[&str]) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardmq"))
-        .arg("admin")
-        .arg("--namesrv")
-        .arg(namesrv)
-        .args(args)
-        .output()
-        .expect("run shardmq admin");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn producer(ns: &str) -> Producer {
-    let p = Producer::builder()
-        .namesrv_addr(ns)
-        .group("p")
-        .build()
-        .unwrap();
-    p.start().unwrap();
-    p
+fn admin_ok(namesrv: &str, args: &[&str]) {
+    let (ok, _, err) = admin(namesrv, args);
+    assert!(ok, "{err}");
 }
 
 /// Waits for `cond` (checked whenever `changed` is signalled), panicking after `WAIT`.
@@ -68,7 +48,7 @@ fn a_message_that_always_fails_is_delivered_max_plus_one_times_then_dead_lettere
         ],
     );
     let ns = broker.get("namesrv");
-    admin(
+    admin_ok(
         &ns,
         &["topic", "create", "--topic", "Jobs", "--queues", "2"],
     );
@@ -147,7 +127,7 @@ fn broadcasting_gives_every_member_every_message() {
     let dir = tempfile::tempdir().unwrap();
     let broker = standalone(dir.path(), &[]);
     let ns = broker.get("namesrv");
-    admin(
+    admin_ok(
         &ns,
         &["topic", "create", "--topic", "News", "--queues", "4"],
     );
@@ -227,7 +207,7 @@ fn orderly_consumption_keeps_each_queues_order_across_a_rebalance() {
     let dir = tempfile::tempdir().unwrap();
     let broker = standalone(dir.path(), &[]);
     let ns = broker.get("namesrv");
-    admin(
+    admin_ok(
         &ns,
         &["topic", "create", "--topic", "Ledger", "--queues", "4"],
     );
@@ -317,7 +297,7 @@ fn a_member_joining_makes_the_others_rebalance_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let broker = standalone(dir.path(), &[]);
     let ns = broker.get("namesrv");
-    admin(
+    admin_ok(
         &ns,
         &["topic", "create", "--topic", "Tasks", "--queues", "4"],
     );

@@ -12,27 +12,12 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{connect, standalone};
-use shardmq_client::{Message, Producer};
+use common::{admin, connect, producer, standalone};
+use shardmq_client::Message;
 use shardmq_protocol::message::{ConsumerOffsetRequest, OffsetResponse};
 use shardmq_protocol::{decode_reply, Reply, Request};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn admin(namesrv: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shardmq"))
-        .arg("admin")
-        .arg("--namesrv")
-        .arg(namesrv)
-        .args(args)
-        .output()
-        .expect("run shardmq admin");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// One `admin subscribe` member; its lines go to the shared channel tagged with `id`.
 struct Member {
@@ -172,16 +157,6 @@ impl Seen {
         sizes.sort_unstable();
         (all.len() == 8 && sizes.iter().sum::<usize>() == 8).then_some(sizes)
     }
-}
-
-fn producer(ns: &str) -> Producer {
-    let p = Producer::builder()
-        .namesrv_addr(ns)
-        .group("p")
-        .build()
-        .unwrap();
-    p.start().unwrap();
-    p
 }
 
 /// Sends `bodies` from a thread, a little at a time so consumption runs alongside.

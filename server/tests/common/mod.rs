@@ -144,3 +144,30 @@ pub fn create_topic(conn: &mut Conn, topic: &str, queues: u32) {
 }
 
 pub const PULL: &[Status] = PULL_TYPED;
+
+/// `shardmq admin --namesrv NS ARGS`: (success, stdout, stderr).
+pub fn admin(namesrv: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .arg("admin")
+        .arg("--namesrv")
+        .arg(namesrv)
+        .args(args)
+        .output()
+        .expect("run shardmq admin");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A started client producer on `namesrv`.
+pub fn producer(namesrv: &str) -> shardmq_client::Producer {
+    let p = shardmq_client::Producer::builder()
+        .namesrv_addr(namesrv)
+        .group("p")
+        .build()
+        .expect("a producer");
+    p.start().expect("start the producer");
+    p
+}
