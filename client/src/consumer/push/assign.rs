@@ -222,11 +222,18 @@ impl Driver {
                 }
             }
         }
-        if !self.pending.is_empty() {
+        self.retry_pending_later();
+        self.publish_assignment();
+    }
+
+    /// Asks again for the pending queues after `lock_retry_interval` (one timer at a time,
+    /// however often this is called).
+    pub fn retry_pending_later(&mut self) {
+        if !self.pending.is_empty() && !self.lock_retry_armed {
+            self.lock_retry_armed = true;
             let every = self.cfg.lock_retry_interval;
             self.schedule(every, Timer::LockRetry);
         }
-        self.publish_assignment();
     }
 
     fn start_queue(&mut self, mq: &MessageQueue, expr: String) -> Result<(), ClientError> {
@@ -387,10 +394,7 @@ impl Driver {
             }
         }
         self.publish_assignment();
-        if !self.pending.is_empty() {
-            let every = self.cfg.lock_retry_interval;
-            self.schedule(every, Timer::LockRetry);
-        }
+        self.retry_pending_later();
     }
 
     /// Leaves the group on every broker (the others rebalance at once).

@@ -109,6 +109,8 @@ pub struct Driver {
     pub brokers: BTreeSet<String>,
     pub local: Option<(LocalOffsetStore, Offsets)>,
     pub assignment: Arc<Assignment>,
+    /// A `LockRetry` timer is pending.
+    pub lock_retry_armed: bool,
     timers: BTreeMap<(Instant, u64), Timer>,
     seq: u64,
     next_gen: u64,
@@ -145,6 +147,7 @@ impl Driver {
             brokers: BTreeSet::new(),
             local,
             assignment,
+            lock_retry_armed: false,
             timers: BTreeMap::new(),
             seq: 0,
             next_gen: 1,
@@ -241,7 +244,10 @@ impl Driver {
                 self.commit_all();
                 self.schedule(cfg.commit_interval, Timer::Commit);
             }
-            Timer::LockRetry => self.acquire(),
+            Timer::LockRetry => {
+                self.lock_retry_armed = false;
+                self.acquire();
+            }
             Timer::LockRenew => {
                 self.renew_locks();
                 self.schedule(cfg.lock_renew_interval, Timer::LockRenew);
