@@ -222,6 +222,9 @@ fn orderly_consumption_keeps_each_queues_order_across_a_rebalance() {
             .consume_from(ConsumeFrom::FirstOffset)
             .lock_retry_interval(Duration::from_millis(100))
             .rebalance_interval(Duration::from_millis(500))
+            // A hand-over must not wait for messages that are only queued: with this grace a
+            // stall would outlast the test's wait.
+            .shutdown_grace(Duration::from_secs(300))
             .listener_orderly(move |msgs, _| {
                 for m in msgs {
                     let seq: u64 = String::from_utf8_lossy(&m.body)
@@ -233,8 +236,8 @@ fn orderly_consumption_keeps_each_queues_order_across_a_rebalance() {
                     g.push((i, m.queue_id, seq));
                     l.1.notify_all();
                 }
-                // Slow enough that the rebalance lands mid-stream.
-                std::thread::sleep(Duration::from_millis(1));
+                // Slow enough that the rebalance lands mid-stream, with messages queued.
+                std::thread::sleep(Duration::from_millis(5));
                 OrderlyStatus::Success
             })
             .build()
@@ -266,13 +269,21 @@ fn orderly_consumption_keeps_each_queues_order_across_a_rebalance() {
         g.len() >= 100
     });
     let b = member(1);
-    b.wait_for_assignment(WAIT, |q| {
-        q.iter().filter(|q| q.topic == "Ledger").count() == 2
-    });
+    let ledger =
+        |q: &[shardmq_client::MessageQueue]| q.iter().filter(|q| q.topic == "Ledger").count();
+    assert_eq!(ledger(&b.wait_for_assignment(WAIT, |q| ledger(q) == 2)), 2);
+    assert!(
+        (log.0.lock().unwrap().len() as u64) < 4 * per_key,
+        "the second member joined mid-stream"
+    );
     sender.join().unwrap();
     wait_until(&log, "every message", |g| g.len() as u64 >= 4 * per_key);
+    // Shutting down hands every queue over at once: nothing is left with the listeners, so
+    // neither member waits out its 300 s grace.
+    let t = Instant::now();
     a.shutdown();
     b.shutdown();
+    assert!(t.elapsed() < WAIT, "shutdown waited {:?}", t.elapsed());
     let g = log.0.lock().unwrap();
     let mut last: HashMap<u32, u64> = HashMap::new();
     let mut members_per_queue: HashMap<u32, std::collections::BTreeSet<usize>> = HashMap::new();

@@ -283,13 +283,16 @@ impl Driver {
     /// done (or the grace period ends).
     pub fn start_drop(&mut self, mq: &MessageQueue) {
         let grace = self.cfg.shutdown_grace;
+        let orderly = self.listener.is_orderly();
         let Some(q) = self.queues.get_mut(mq) else {
             return;
         };
         q.dropping = true;
+        // Orderly: messages waiting their turn stay in the process queue, so the commit
+        // offset stays below them; only the batch with the listener is waited for.
         q.waiting.clear();
         let gen = q.gen;
-        if q.pq.is_empty() && !q.consuming {
+        if q.drained(orderly) {
             self.finish_drop(mq);
         } else {
             self.schedule(grace, Timer::DropDeadline(mq.clone(), gen));

@@ -75,7 +75,7 @@ impl Driver {
         let Some(q) = self.queues.get(mq) else {
             return;
         };
-        if q.dropping && q.pq.is_empty() && !q.consuming {
+        if q.dropping && q.drained(self.listener.is_orderly()) {
             self.finish_drop(mq);
         }
     }

@@ -88,6 +88,19 @@ pub struct QueueState {
     pub suspended: Option<(Vec<WireMessage>, u32)>,
 }
 
+impl QueueState {
+    /// Nothing of this queue is with the listener any more, so a hand-over can commit:
+    /// concurrent, every message pulled is done; orderly, no batch is being consumed (the
+    /// ones waiting their turn are not consumed after a hand-over begins).
+    pub fn drained(&self, orderly: bool) -> bool {
+        if orderly {
+            !self.consuming
+        } else {
+            self.pq.is_empty()
+        }
+    }
+}
+
 /// The queues a member consumes, for callers that wait for a rebalance.
 #[derive(Default)]
 pub struct Assignment {
