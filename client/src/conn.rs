@@ -234,12 +234,30 @@ impl Connection {
     /// caller to find nobody writing becomes the writer and sends every queued frame in one
     /// `write` per round (one syscall for many pipelined requests instead of one each). A
     /// frame queued behind another caller's write returns at once; if that write fails, the
-    /// connection breaks and the frame's request fails with it.
+    /// connection breaks and the frame's request fails with it. Inside [`corked`], frames
+    /// only queue; they go out when the outermost `corked` returns.
     fn write_frame(&self, frame: &Frame) -> Result<(), ClientError> {
+        lock(&self.inner.outbox).frames.push(frame.to_bytes());
+        let deferred = CORK.with(|c| match c.borrow_mut().as_mut() {
+            Some(held) => {
+                if !held.iter().any(|h| Arc::ptr_eq(&h.inner, &self.inner)) {
+                    held.push(self.clone());
+                }
+                true
+            }
+            None => false,
+        });
+        if deferred {
+            return Ok(());
+        }
+        self.flush_outbox()
+    }
+
+    /// Writes the queued frames unless another caller is writing them already.
+    fn flush_outbox(&self) -> Result<(), ClientError> {
         {
             let mut q = lock(&self.inner.outbox);
-            q.frames.push(frame.to_bytes());
-            if q.writing {
+            if q.writing || q.frames.is_empty() {
                 return Ok(());
             }
             q.writing = true;
@@ -323,6 +341,43 @@ impl std::fmt::Debug for Connection {
             .field("pending", &self.pending())
             .finish()
     }
+}
+
+thread_local! {
+    /// Connections this thread queued frames on inside [`corked`], to flush at its end.
+    static CORK: std::cell::RefCell<Option<Vec<Connection>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's requests held back, then writes them: every request `f`
+/// sends on a connection goes out in one `write` when `f` returns (or unwinds), instead of
+/// one each. For a thread that pipelines many sends at once (`Producer::send_async` in a
+/// loop). Nested calls flush at the outermost one. Do not wait for an answer inside `f`:
+/// its request has not left yet. A write failure breaks the connection,
+/// which fails the held requests like any other.
+pub fn corked<R>(f: impl FnOnce() -> R) -> R {
+    struct Uncork(bool);
+    impl Drop for Uncork {
+        fn drop(&mut self) {
+            if !self.0 {
+                return;
+            }
+            let held = CORK.with(|c| c.borrow_mut().take()).unwrap_or_default();
+            for conn in held {
+                // A failure breaks the connection and fails its pending requests.
+                let _ = conn.flush_outbox();
+            }
+        }
+    }
+    let outermost = CORK.with(|c| {
+        let mut c = c.borrow_mut();
+        let first = c.is_none();
+        if first {
+            *c = Some(Vec::new());
+        }
+        first
+    });
+    let _uncork = Uncork(outermost);
+    f()
 }
 
 #[derive(Default)]

@@ -267,3 +267,20 @@ fn garbage_from_the_peer_breaks_the_connection() {
         "{err:?}"
     );
 }
+
+#[test]
+fn corked_requests_leave_together_when_the_cork_ends() {
+    let server = echo_server();
+    let conn = Connection::connect(&server.addr(), LONG).unwrap();
+    let futures = shardmq_client::conn::corked(|| {
+        let fs: Vec<_> = (1..=50).map(|n| conn.call_async(&ask(n), LONG)).collect();
+        // Held back until the cork ends: all 50 are waiting.
+        assert_eq!(conn.pending(), 50);
+        fs
+    });
+    for (n, f) in (1..=50u64).zip(futures) {
+        assert_eq!(offset(&f.wait().unwrap()), n * 10);
+    }
+    // Outside a cork, a request goes out at once.
+    assert_eq!(offset(&conn.call(&ask(7), LONG).unwrap()), 70);
+}

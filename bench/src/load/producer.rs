@@ -164,10 +164,14 @@ fn run_thread(
     let mut last_event = Instant::now();
     loop {
         let now = now_ns();
-        let next_due = producers
-            .iter_mut()
-            .filter_map(|p| p.submit_due(now, live))
-            .min();
+        // The ShardMQ client writes the sends of one pass together (one `send` per
+        // connection per pass, as a pipelining client does); other drivers are unaffected.
+        let next_due = shardmq_client::conn::corked(|| {
+            producers
+                .iter_mut()
+                .filter_map(|p| p.submit_due(now, live))
+                .min()
+        });
         if producers.iter().all(Producer::finished) {
             break;
         }
