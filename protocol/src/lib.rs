@@ -6,13 +6,16 @@
 //!   status, request id) and a [`FrameDecoder`] that checks every length against its limit
 //!   before anything is reserved;
 //! - [`codes`]: the opcode and status tables;
-//! - [`wire`] and [`message`]: the typed fields of every request and response.
+//! - [`wire`] and [`message`]: the typed fields of every request and response;
+//! - [`groups`]: the names a consumer group's broker and clients share (retry and
+//!   dead-letter topics).
 //!
 //! A [`FrameError`] means the byte stream lost its framing (close the connection); a
 //! [`RequestError`] means one request is bad (answer it with its status and go on).
 
 pub mod codes;
 pub mod frame;
+pub mod groups;
 pub mod message;
 pub mod wire;
 

@@ -9,7 +9,11 @@ use shardmq_protocol::Status;
 pub const TOPIC_LEN_MAX: usize = 127;
 
 /// Topics only the broker itself writes.
-const RESERVED_PREFIXES: &[&str] = &["%RETRY%", "%DLQ%", "rmq_sys_"];
+const RESERVED_PREFIXES: &[&str] = &[
+    shardmq_protocol::groups::RETRY_PREFIX,
+    shardmq_protocol::groups::DLQ_PREFIX,
+    "rmq_sys_",
+];
 const RESERVED_NAMES: &[&str] = &["SCHEDULE_TOPIC_XXXX", "RMQ_SYS_TRANS_HALF_TOPIC"];
 
 /// A refusal: the status and what to tell the client.

@@ -614,6 +614,8 @@ async fn send_back(
     r: shardmq_protocol::message::ConsumerSendBackRequest,
 ) -> Frame {
     use super::sendback::{after_failure, SendBack};
+    use shardmq_engine::schedule::plan::PROP_ORIGIN_MSG_ID;
+    use shardmq_protocol::groups::PROP_RETRY_TOPIC;
     let original = match is_ours(broker, &r.msg_id) {
         true => broker.store.message_by_id(&r.msg_id).await.ok(),
         false => None,
@@ -634,25 +636,23 @@ async fn send_back(
             } => (topic, delay_level, times),
             SendBack::DeadLetter { topic } => (topic, 0, r.reconsume_times),
         };
-    // The retry and dead-letter topics are the broker's own: created on first use.
-    if broker.store.topic(&topic).is_none() {
-        let _ = broker
-            .store
-            .create_topic(&topic, 1, 1, shardmq_engine::Perm::READ_WRITE);
-        broker.topics_changed();
-    }
+    broker.ensure_group_topic(&topic);
     let prop = |k: &str| m.property(k).map(str::to_owned);
-    let origin_topic = prop("RETRY_TOPIC").unwrap_or_else(|| m.topic.clone());
-    let origin_id = prop("ORIGIN_MSG_ID").unwrap_or_else(|| r.msg_id.clone());
+    let origin_topic = prop(PROP_RETRY_TOPIC).unwrap_or_else(|| m.topic.clone());
+    let origin_id = prop(PROP_ORIGIN_MSG_ID).unwrap_or_else(|| r.msg_id.clone());
     let kept = m
         .properties
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "RETRY_TOPIC" | "ORIGIN_MSG_ID"))
+        .filter(|(k, _)| k != PROP_RETRY_TOPIC && k != PROP_ORIGIN_MSG_ID)
         .cloned()
         .collect();
     let mut input = MessageInput::copy_of(&m, topic, 0, kept);
-    input.properties.push(("RETRY_TOPIC".into(), origin_topic));
-    input.properties.push(("ORIGIN_MSG_ID".into(), origin_id));
+    input
+        .properties
+        .push((PROP_RETRY_TOPIC.into(), origin_topic));
+    input
+        .properties
+        .push((PROP_ORIGIN_MSG_ID.into(), origin_id));
     if delay_level > 0 {
         input.properties.push((
             shardmq_engine::schedule::plan::PROP_DELAY_LEVEL.into(),

@@ -2,7 +2,6 @@
 //! first sight), unregistration, the member list, queue locks for orderly consumers and the
 //! list of groups. Membership changes are pushed to the group's remaining members.
 
-use shardmq_engine::Perm;
 use shardmq_protocol::message::{
     Empty, GroupRequest, HeartbeatRequest, LockBatchRequest, LockBatchResponse, NameList,
     UnregisterClientRequest,
@@ -20,15 +19,7 @@ pub fn heartbeat(broker: &Broker, h: &Header, r: HeartbeatRequest, ctx: &ConnCtx
     // A clustering group's failed messages come back through its retry topic, which its
     // members subscribe to from the start: it must exist (and be routed) before they pull.
     for c in r.consumers.iter().filter(|c| c.message_model == CLUSTERING) {
-        let topic = retry_topic(&c.group);
-        if broker.store.topic(&topic).is_none()
-            && broker
-                .store
-                .create_topic(&topic, 1, 1, Perm::READ_WRITE)
-                .is_ok()
-        {
-            broker.topics_changed();
-        }
+        broker.ensure_group_topic(&retry_topic(&c.group));
     }
     let joined = broker.clients.heartbeat(r, Some(ctx.channel.clone()));
     broker.clients.notify_members(&joined);

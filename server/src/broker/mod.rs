@@ -115,6 +115,19 @@ impl Broker {
         let _ = self.topics_tx.try_send(());
     }
 
+    /// Creates a consumer group's retry or dead-letter topic (one queue, read-write) if it
+    /// does not exist: those topics are the broker's own, made on first use.
+    pub fn ensure_group_topic(&self, topic: &str) {
+        if self.store.topic(topic).is_none()
+            && self
+                .store
+                .create_topic(topic, 1, 1, shardmq_engine::Perm::READ_WRITE)
+                .is_ok()
+        {
+            self.topics_changed();
+        }
+    }
+
     pub fn topic_configs(&self) -> Vec<TopicConfigData> {
         self.store
             .topics()

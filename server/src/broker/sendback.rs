@@ -6,17 +6,9 @@
 //! levels), so the broker's schedule service does the waiting; after `max_reconsume_times`
 //! (16 by default) it goes to the group's dead-letter topic `%DLQ%<group>` instead.
 
-pub const RETRY_PREFIX: &str = "%RETRY%";
-pub const DLQ_PREFIX: &str = "%DLQ%";
+pub use shardmq_protocol::groups::{dlq_topic, retry_topic};
+
 pub const MAX_RECONSUME_TIMES: u32 = 16;
-
-pub fn retry_topic(group: &str) -> String {
-    format!("{RETRY_PREFIX}{group}")
-}
-
-pub fn dlq_topic(group: &str) -> String {
-    format!("{DLQ_PREFIX}{group}")
-}
 
 /// Where a failed message is sent back to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use shardmq_protocol::groups::{retry_topic, RETRY_PREFIX};
 use shardmq_protocol::message::{ConsumerData, HeartbeatRequest};
 
 use super::broker::BrokerCalls;
@@ -26,8 +27,6 @@ use crate::consumer::process_queue::ProcessQueue;
 use crate::consumer::rebalance::allocate;
 use crate::error::ClientError;
 use crate::route::MessageQueue;
-
-pub const RETRY_PREFIX: &str = "%RETRY%";
 
 impl Driver {
     fn calls(&self) -> BrokerCalls<'_> {
@@ -41,7 +40,7 @@ impl Driver {
     pub fn subscriptions(&self) -> Vec<(String, String)> {
         let mut subs = self.cfg.subscriptions.clone();
         if self.clustering() {
-            subs.push((format!("{RETRY_PREFIX}{}", self.cfg.group), "*".into()));
+            subs.push((retry_topic(&self.cfg.group), "*".into()));
         }
         subs
     }

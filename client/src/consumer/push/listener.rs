@@ -4,6 +4,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
+use shardmq_protocol::groups::PROP_RETRY_TOPIC;
+
 use crate::route::MessageQueue;
 use crate::WireMessage;
 
@@ -61,9 +63,6 @@ impl Listener {
         }
     }
 }
-
-/// The property holding a retried message's original topic.
-pub const PROP_RETRY_TOPIC: &str = "RETRY_TOPIC";
 
 /// The message as the listener should see it: one from the retry topic gets its original
 /// topic back.
