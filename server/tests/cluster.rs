@@ -245,8 +245,19 @@ fn a_delayed_admin_send_arrives_after_its_level_and_shows_in_schedule_status() {
         sent.elapsed() >= Duration::from_millis(600),
         "delivered before its 600 ms level"
     );
-    let (ok, out, err) = admin(&ns, &["schedule", "status"]);
-    assert!(ok, "{err}");
+    // The level's progress moves just after the copy is put, so the copy can be read a
+    // moment before the status shows it delivered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let (ok, out, err) = admin(&ns, &["schedule", "status"]);
+        assert!(ok, "{err}");
+        if out.contains("level 2 (600 ms)\tnext offset 1, pending 0")
+            || std::time::Instant::now() > deadline
+        {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
         out.contains("level 2 (600 ms)\tnext offset 1, pending 0"),
         "{out}"
