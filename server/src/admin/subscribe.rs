@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use clap::Args;
 use shardmq_client::consumer::push::{ConsumeContext, ConsumeFrom, MessageModel, PushConsumer};
-use shardmq_client::consumer::rebalance::Strategy;
 use shardmq_client::{ConsumeStatus, OrderlyStatus, WireMessage};
 
 #[derive(Args)]
@@ -86,7 +85,6 @@ pub fn run(namesrv: &str, a: SubscribeArgs) -> Result<(), String> {
         } else {
             ConsumeFrom::LastOffset
         })
-        .strategy(Strategy::Averagely)
         .rebalance_interval(Duration::from_millis(a.rebalance_ms.max(1)))
         .commit_interval(Duration::from_millis(a.commit_ms.max(1)))
         .max_reconsume_times(a.max_reconsume);

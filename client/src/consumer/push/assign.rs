@@ -29,11 +29,35 @@ use crate::error::ClientError;
 use crate::route::MessageQueue;
 
 impl Driver {
-    fn calls(&self) -> BrokerCalls<'_> {
-        BrokerCalls {
-            pool: self.api.pool(),
-            timeout: self.api.timeout(),
+    pub(super) fn calls(&self) -> BrokerCalls<'_> {
+        BrokerCalls::of(&self.api)
+    }
+
+    /// Locks (or renews) `queues` on their masters. For each queue whose broker answered:
+    /// whether this member holds it now.
+    fn lock_queues(&self, queues: Vec<MessageQueue>) -> BTreeMap<MessageQueue, bool> {
+        let mut by_addr: BTreeMap<String, Vec<MessageQueue>> = BTreeMap::new();
+        for mq in queues {
+            match self.api.master_of(&mq) {
+                Ok(addr) => by_addr.entry(addr).or_default().push(mq),
+                Err(e) => tracing::debug!(queue = %mq, error = %e, "no master to lock on"),
+            }
         }
+        let mut held = BTreeMap::new();
+        for (addr, qs) in by_addr {
+            let names = qs.iter().map(lock_name).collect();
+            match self
+                .calls()
+                .lock(&addr, &self.cfg.group, &self.cfg.client_id, names)
+            {
+                Ok(locked) => held.extend(qs.into_iter().map(|mq| {
+                    let mine = locked.contains(&lock_name(&mq));
+                    (mq, mine)
+                })),
+                Err(e) => tracing::debug!(%addr, error = %e, "cannot lock queues"),
+            }
+        }
+        held
     }
 
     /// The subscriptions, with the group's retry topic when CLUSTERING.
@@ -172,46 +196,24 @@ impl Driver {
             self.pending.clear();
             return;
         }
-        let ready: Vec<(MessageQueue, String)> = self
+        let ready: Vec<MessageQueue> = self
             .pending
-            .iter()
-            .filter(|(mq, _)| !self.queues.contains_key(*mq))
-            .map(|(mq, e)| (mq.clone(), e.clone()))
+            .keys()
+            .filter(|mq| !self.queues.contains_key(*mq))
+            .cloned()
             .collect();
-        let mut granted = Vec::new();
-        if self.clustering() {
-            let mut by_addr: BTreeMap<String, Vec<(MessageQueue, String)>> = BTreeMap::new();
-            for (mq, e) in ready {
-                match self.api.master_of(&mq) {
-                    Ok(addr) => by_addr.entry(addr).or_default().push((mq, e)),
-                    Err(e) => tracing::debug!(queue = %mq, error = %e, "no master to lock on"),
-                }
-            }
-            for (addr, qs) in by_addr {
-                let names = qs
-                    .iter()
-                    .map(|(mq, _)| (mq.topic.clone(), mq.queue_id))
-                    .collect();
-                let locked =
-                    match self
-                        .calls()
-                        .lock(&addr, &self.cfg.group, &self.cfg.client_id, names)
-                    {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::debug!(%addr, error = %e, "cannot lock queues");
-                            continue;
-                        }
-                    };
-                granted.extend(
-                    qs.into_iter()
-                        .filter(|(mq, _)| locked.contains(&(mq.topic.clone(), mq.queue_id))),
-                );
-            }
+        let granted: Vec<MessageQueue> = if self.clustering() {
+            self.lock_queues(ready)
+                .into_iter()
+                .filter_map(|(mq, mine)| mine.then_some(mq))
+                .collect()
         } else {
-            granted = ready;
-        }
-        for (mq, expr) in granted {
+            ready
+        };
+        for mq in granted {
+            let Some(expr) = self.pending.get(&mq).cloned() else {
+                continue;
+            };
             match self.start_queue(&mq, expr) {
                 Ok(()) => {
                     self.pending.remove(&mq);
@@ -313,7 +315,7 @@ impl Driver {
                     &addr,
                     &self.cfg.group,
                     &self.cfg.client_id,
-                    vec![(mq.topic.clone(), mq.queue_id)],
+                    vec![lock_name(mq)],
                 )
             });
             if let Err(e) = given {
@@ -369,29 +371,17 @@ impl Driver {
     /// Renews the locks of the queues consumed; a queue whose lock was lost stops at once
     /// (without committing: it is someone else's now) and is asked for again.
     pub fn renew_locks(&mut self) {
-        let mut by_addr: BTreeMap<String, Vec<MessageQueue>> = BTreeMap::new();
-        for (mq, q) in &self.queues {
-            if let (false, Ok(addr)) = (q.dropping, self.api.master_of(mq)) {
-                by_addr.entry(addr).or_default().push(mq.clone());
-            }
-        }
-        for (addr, qs) in by_addr {
-            let names = qs
-                .iter()
-                .map(|mq| (mq.topic.clone(), mq.queue_id))
-                .collect();
-            let Ok(locked) = self
-                .calls()
-                .lock(&addr, &self.cfg.group, &self.cfg.client_id, names)
-            else {
-                continue;
-            };
-            for mq in qs {
-                if !locked.contains(&(mq.topic.clone(), mq.queue_id)) {
-                    tracing::warn!(queue = %mq, "lost the queue's lock; stopping it");
-                    if let Some(q) = self.queues.remove(&mq) {
-                        self.pending.insert(mq, q.expr);
-                    }
+        let consumed: Vec<MessageQueue> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.dropping)
+            .map(|(mq, _)| mq.clone())
+            .collect();
+        for (mq, mine) in self.lock_queues(consumed) {
+            if !mine {
+                tracing::warn!(queue = %mq, "lost the queue's lock; stopping it");
+                if let Some(q) = self.queues.remove(&mq) {
+                    self.pending.insert(mq, q.expr);
                 }
             }
         }
@@ -411,4 +401,9 @@ impl Driver {
             }
         }
     }
+}
+
+/// A queue as lock requests name it: (topic, queue id) on its broker.
+fn lock_name(mq: &MessageQueue) -> (String, u32) {
+    (mq.topic.clone(), mq.queue_id)
 }

@@ -9,6 +9,7 @@ use shardmq_protocol::message::{
 };
 use shardmq_protocol::{Request, Wire};
 
+use crate::consumer::pull::PullConsumer;
 use crate::error::ClientError;
 use crate::pool::ConnectionPool;
 use crate::rpc;
@@ -19,7 +20,15 @@ pub struct BrokerCalls<'a> {
     pub timeout: Duration,
 }
 
-impl BrokerCalls<'_> {
+impl<'a> BrokerCalls<'a> {
+    /// Over the consumer's pool, with its call timeout.
+    pub fn of(api: &'a PullConsumer) -> Self {
+        BrokerCalls {
+            pool: api.pool(),
+            timeout: api.timeout(),
+        }
+    }
+
     fn call<T: Wire>(&self, addr: &str, request: &Request) -> Result<T, ClientError> {
         let frame = self.pool.get(addr)?.call(request, self.timeout)?;
         rpc::expect::<T>(&frame, &[]).map(|(_, v)| v)

@@ -3,7 +3,6 @@
 //! flight) or orderly (one batch of a queue at a time, retried here after a pause when the
 //! listener asks, sent to the dead-letter topic after `max_reconsume_times` tries).
 
-use super::broker::BrokerCalls;
 use super::driver::{Driver, Timer};
 use super::workers::Work;
 use crate::route::MessageQueue;
@@ -118,15 +117,17 @@ impl Driver {
     /// Sends each message of `batch` to the group's dead-letter topic; whether all went.
     fn to_dead_letters(&self, mq: &MessageQueue, batch: &[WireMessage]) -> bool {
         let max = self.cfg.max_reconsume_times;
-        let calls = BrokerCalls {
-            pool: self.api.pool(),
-            timeout: self.api.timeout(),
+        let addr = match self.api.master_of(mq) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(queue = %mq, error = %e,
+                    "no broker to move messages to the dead-letter topic; trying again later");
+                return false;
+            }
         };
+        let calls = self.calls();
         batch.iter().all(|m| {
-            let sent = self
-                .api
-                .master_of(mq)
-                .and_then(|addr| calls.send_back(&addr, &self.cfg.group, &m.msg_id, max, max));
+            let sent = calls.send_back(&addr, &self.cfg.group, &m.msg_id, max, max);
             if let Err(e) = &sent {
                 tracing::warn!(queue = %mq, offset = m.queue_offset, error = %e,
                     "cannot move a message to the dead-letter topic; trying again later");

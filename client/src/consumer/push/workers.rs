@@ -87,20 +87,20 @@ fn consume(cfg: &PushConfig, listener: &Listener, api: &PullConsumer, w: Work) -
             batch: Vec::new(),
         };
     }
-    let calls = BrokerCalls {
-        pool: api.pool(),
-        timeout: api.timeout(),
-    };
+    let calls = BrokerCalls::of(api);
+    let addr = api.master_of(&w.mq).map_err(|e| e.to_string());
     let (mut done, mut retry) = (Vec::new(), Vec::new());
     for mut m in w.msgs {
-        let sent = api.master_of(&w.mq).and_then(|addr| {
-            calls.send_back(
-                &addr,
-                &cfg.group,
-                &m.msg_id,
-                m.reconsume_times,
-                cfg.max_reconsume_times,
-            )
+        let sent = addr.clone().and_then(|addr| {
+            calls
+                .send_back(
+                    &addr,
+                    &cfg.group,
+                    &m.msg_id,
+                    m.reconsume_times,
+                    cfg.max_reconsume_times,
+                )
+                .map_err(|e| e.to_string())
         });
         match sent {
             Ok(()) => done.push(m.queue_offset),
