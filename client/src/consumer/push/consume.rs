@@ -3,7 +3,7 @@
 //! flight) or orderly (one batch of a queue at a time, retried here after a pause when the
 //! listener asks, sent to the dead-letter topic after `max_reconsume_times` tries).
 
-use super::driver::{Driver, Timer};
+use super::driver::{Driver, Outcome, Timer};
 use super::workers::Work;
 use crate::route::MessageQueue;
 use crate::WireMessage;
@@ -53,22 +53,17 @@ impl Driver {
         });
     }
 
-    pub fn on_consumed(
-        &mut self,
-        mq: &MessageQueue,
-        gen: u64,
-        done: Vec<u64>,
-        retry: Vec<WireMessage>,
-        ok: bool,
-        batch: Vec<WireMessage>,
-    ) {
-        if self.listener.is_orderly() {
-            self.on_consumed_orderly(mq, gen, ok, batch);
-        } else if let Some(q) = self.queues.get_mut(mq) {
-            q.pq.remove(done);
-            if !retry.is_empty() {
-                q.local_retry.extend(retry);
-                self.schedule(LOCAL_RETRY_DELAY, Timer::LocalRetry(mq.clone(), gen));
+    pub fn on_consumed(&mut self, mq: &MessageQueue, gen: u64, outcome: Outcome) {
+        match outcome {
+            Outcome::Orderly { ok, batch } => self.on_consumed_orderly(mq, gen, ok, batch),
+            Outcome::Concurrent { done, retry } => {
+                if let Some(q) = self.queues.get_mut(mq) {
+                    q.pq.remove(done);
+                    if !retry.is_empty() {
+                        q.local_retry.extend(retry);
+                        self.schedule(LOCAL_RETRY_DELAY, Timer::LocalRetry(mq.clone(), gen));
+                    }
+                }
             }
         }
         let Some(q) = self.queues.get(mq) else {

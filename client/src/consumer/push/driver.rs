@@ -34,20 +34,27 @@ pub enum Event {
         gen: u64,
         result: Result<PullResult, ClientError>,
     },
-    /// A batch came back from the listener. `done`: offsets finished (consumed, or sent back
-    /// to the broker); `retry`: messages to consume again here (sending back failed).
+    /// A batch came back from the listener.
     Consumed {
         mq: MessageQueue,
         gen: u64,
-        done: Vec<u64>,
-        retry: Vec<WireMessage>,
-        /// Orderly: whether the listener succeeded.
-        ok: bool,
-        batch: Vec<WireMessage>,
+        outcome: Outcome,
     },
     /// A broker says the group's members changed.
     Notified,
     Shutdown(flume::Sender<()>),
+}
+
+/// What became of a batch.
+pub enum Outcome {
+    /// `done`: offsets finished (consumed, or sent back to the broker); `retry`: messages to
+    /// consume again here (sending them back failed).
+    Concurrent {
+        done: Vec<u64>,
+        retry: Vec<WireMessage>,
+    },
+    /// Whether the listener took the batch; the batch itself, to retry or move past.
+    Orderly { ok: bool, batch: Vec<WireMessage> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -295,16 +302,9 @@ impl Driver {
                 }
                 false
             }
-            Event::Consumed {
-                mq,
-                gen,
-                done,
-                retry,
-                ok,
-                batch,
-            } => {
+            Event::Consumed { mq, gen, outcome } => {
                 if self.gen_of(&mq) == Some(gen) {
-                    self.on_consumed(&mq, gen, done, retry, ok, batch);
+                    self.on_consumed(&mq, gen, outcome);
                 }
                 false
             }

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use super::broker::BrokerCalls;
 use super::config::PushConfig;
-use super::driver::Event;
+use super::driver::{Event, Outcome};
 use super::listener::{as_sent, ConsumeContext, Listener};
 use super::MessageModel;
 use crate::consumer::pull::PullConsumer;
@@ -59,38 +59,39 @@ fn consume(cfg: &PushConfig, listener: &Listener, api: &PullConsumer, w: Work) -
     };
     let shown: Vec<WireMessage> = w.msgs.iter().cloned().map(as_sent).collect();
     let ok = listener.call(&shown, &ctx);
-    let offsets = || w.msgs.iter().map(|m| m.queue_offset).collect();
-    if ok || listener.is_orderly() {
-        let done = if listener.is_orderly() {
-            Vec::new()
-        } else {
-            offsets()
-        };
-        return Event::Consumed {
-            mq: w.mq,
-            gen: w.gen,
-            done,
+    let outcome = if listener.is_orderly() {
+        Outcome::Orderly { ok, batch: w.msgs }
+    } else if ok || cfg.model == MessageModel::Broadcasting {
+        if !ok {
+            // Every member has its own copy: there is no group retry topic to send it to.
+            tracing::warn!(queue = %w.mq, count = w.msgs.len(), "broadcast messages failed; dropped");
+        }
+        Outcome::Concurrent {
+            done: w.msgs.iter().map(|m| m.queue_offset).collect(),
             retry: Vec::new(),
-            ok,
-            batch: w.msgs,
-        };
+        }
+    } else {
+        send_back(cfg, api, &w.mq, w.msgs)
+    };
+    Event::Consumed {
+        mq: w.mq,
+        gen: w.gen,
+        outcome,
     }
-    if cfg.model == MessageModel::Broadcasting {
-        // Every member has its own copy: there is no group retry topic to send it to.
-        tracing::warn!(queue = %w.mq, count = w.msgs.len(), "broadcast messages failed; dropped");
-        return Event::Consumed {
-            mq: w.mq,
-            gen: w.gen,
-            done: offsets(),
-            retry: Vec::new(),
-            ok,
-            batch: Vec::new(),
-        };
-    }
+}
+
+/// Sends each failed message back to the broker; those that cannot go are consumed again
+/// here.
+fn send_back(
+    cfg: &PushConfig,
+    api: &PullConsumer,
+    mq: &MessageQueue,
+    msgs: Vec<WireMessage>,
+) -> Outcome {
     let calls = BrokerCalls::of(api);
-    let addr = api.master_of(&w.mq).map_err(|e| e.to_string());
+    let addr = api.master_of(mq).map_err(|e| e.to_string());
     let (mut done, mut retry) = (Vec::new(), Vec::new());
-    for mut m in w.msgs {
+    for mut m in msgs {
         let sent = addr.clone().and_then(|addr| {
             calls
                 .send_back(
@@ -105,19 +106,12 @@ fn consume(cfg: &PushConfig, listener: &Listener, api: &PullConsumer, w: Work) -
         match sent {
             Ok(()) => done.push(m.queue_offset),
             Err(e) => {
-                tracing::warn!(queue = %w.mq, offset = m.queue_offset, error = %e,
+                tracing::warn!(queue = %mq, offset = m.queue_offset, error = %e,
                     "cannot send a failed message back; consuming it again here");
                 m.reconsume_times += 1;
                 retry.push(m);
             }
         }
     }
-    Event::Consumed {
-        mq: w.mq,
-        gen: w.gen,
-        done,
-        retry,
-        ok,
-        batch: Vec::new(),
-    }
+    Outcome::Concurrent { done, retry }
 }
