@@ -171,7 +171,12 @@ fn main() -> ExitCode {
             }
             run(c, false)
         }),
-        Command::Admin(args) => admin::run(args),
+        Command::Admin(args) => match admin::run(args) {
+            // stdout's reader stopped reading: the command ends quietly with status 0 (see
+            // `AdminError::StdoutClosed` for why not 141).
+            Ok(()) | Err(admin::AdminError::StdoutClosed) => Ok(()),
+            Err(admin::AdminError::Failed(e)) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

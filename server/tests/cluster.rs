@@ -347,3 +347,73 @@ fn the_client_producer_sends_delayed_messages_by_level_and_by_time() {
     bodies.sort();
     assert_eq!(bodies, vec!["by level", "by time"]);
 }
+
+/// `shardmq admin send ... | head -1` (issue 16): the reader closes the pipe after one line;
+/// every printing command must then end quietly with status 0, not panic with
+/// "failed printing to stdout: Broken pipe" (101). Each command here has more to print
+/// than a pipe holds (64 KiB), so it is still writing when the pipe closes, however fast
+/// it runs.
+#[test]
+fn admin_commands_end_quietly_when_their_stdout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(dir.path(), &[]);
+    let ns = broker.get("namesrv");
+    let (ok, _, err) = admin(
+        &ns,
+        &["topic", "create", "--topic", "Piped", "--queues", "4"],
+    );
+    assert!(ok, "{err}");
+    let quiet = |what: &str, (status, first, err): (std::process::ExitStatus, String, String)| {
+        assert!(!first.is_empty(), "{what} printed nothing: {err}");
+        assert!(!err.contains("panicked"), "{what} panicked: {err}");
+        assert_eq!(status.code(), Some(0), "{what}: {status}, stderr: {err}");
+    };
+    // ~90 bytes a line.
+    quiet(
+        "send",
+        admin_head_1(
+            &ns,
+            &["send", "--topic", "Piped", "--body", "b", "--count", "1000"],
+        ),
+    );
+    // Enough messages for consume and subscribe to print ~200 KiB.
+    let p = producer(&ns);
+    let body = "x".repeat(100);
+    let sends: Vec<_> = (0..1000)
+        .map(|_| p.send_async(shardmq_client::Message::new("Piped", body.clone())))
+        .collect();
+    for s in sends {
+        s.wait().expect("send");
+    }
+    quiet(
+        "consume",
+        admin_head_1(
+            &ns,
+            &[
+                "consume",
+                "--topic",
+                "Piped",
+                "--group",
+                "g",
+                "--count",
+                "1500",
+                "--from-beginning",
+            ],
+        ),
+    );
+    // subscribe runs until a signal; a closed stdout must stop it as one would.
+    quiet(
+        "subscribe",
+        admin_head_1(
+            &ns,
+            &[
+                "subscribe",
+                "--topic",
+                "Piped",
+                "--group",
+                "s",
+                "--from-beginning",
+            ],
+        ),
+    );
+}

@@ -11,7 +11,7 @@ use shardmq_protocol::message::{
 };
 use shardmq_protocol::{Request, Status};
 
-use super::{call_on, master, Namesrv, TIMEOUT};
+use super::{call_on, master, outln, AdminError, Namesrv, TIMEOUT};
 use crate::rpc::Conn;
 
 #[derive(Args)]
@@ -49,8 +49,8 @@ pub(super) fn readable(
         })
 }
 
-pub fn print_message(m: &WireMessage, broker: &str) {
-    println!(
+pub fn print_message(m: &WireMessage, broker: &str) -> Result<(), AdminError> {
+    outln!(
         "msg_id={} unique_id={} broker={broker} queue={} offset={} tags={} keys={} body={}",
         m.msg_id,
         m.unique_id,
@@ -59,7 +59,7 @@ pub fn print_message(m: &WireMessage, broker: &str) {
         m.tags,
         m.keys,
         String::from_utf8_lossy(&m.body)
-    );
+    )
 }
 
 struct QueueCursor {
@@ -69,7 +69,7 @@ struct QueueCursor {
     committed: Option<u64>,
 }
 
-pub fn run(ns: &Namesrv, a: ConsumeArgs) -> Result<(), String> {
+pub fn run(ns: &Namesrv, a: ConsumeArgs) -> Result<(), AdminError> {
     let route = ns.route(&a.topic)?;
     let mut brokers: Vec<(String, Conn)> = Vec::new();
     let mut cursors = Vec::new();
@@ -113,10 +113,12 @@ pub fn run(ns: &Namesrv, a: ConsumeArgs) -> Result<(), String> {
         brokers.push((addr.to_owned(), conn));
     }
     if cursors.is_empty() {
-        return Err(format!("topic {} has no readable queue", a.topic));
+        return Err(format!("topic {} has no readable queue", a.topic).into());
     }
     let deadline = Instant::now() + Duration::from_millis(a.timeout_ms);
     let mut got = 0u64;
+    // A line that could not be printed (stdout closed) stops the pulls.
+    let mut stopped = None;
     'outer: while got < a.count && Instant::now() < deadline {
         let mut any = false;
         for c in cursors.iter_mut() {
@@ -138,7 +140,10 @@ pub fn run(ns: &Namesrv, a: ConsumeArgs) -> Result<(), String> {
                 continue;
             }
             for m in &r.messages {
-                print_message(m, addr);
+                if let Err(e) = print_message(m, addr) {
+                    stopped = Some(e);
+                    break 'outer;
+                }
                 got += 1;
                 any = true;
                 c.offset = m.queue_offset + 1;
@@ -171,6 +176,8 @@ pub fn run(ns: &Namesrv, a: ConsumeArgs) -> Result<(), String> {
             let _ = conn.set_timeout(TIMEOUT);
         }
     }
+    // Commit up to the last message printed, also when stdout closed: as with `subscribe`, a
+    // line printed is a message delivered.
     for c in &cursors {
         if c.committed != Some(c.offset) {
             let (_, conn) = &mut brokers[c.broker];
@@ -186,17 +193,21 @@ pub fn run(ns: &Namesrv, a: ConsumeArgs) -> Result<(), String> {
             )?;
         }
     }
+    if let Some(e) = stopped {
+        return Err(e);
+    }
     if got < a.count {
         return Err(format!(
             "got {got} of {} messages before the {} ms timeout",
             a.count, a.timeout_ms
-        ));
+        )
+        .into());
     }
     Ok(())
 }
 
 /// Scans every queue of `topic` for the message whose producer gave it `unique_id`.
-pub fn find_unique(ns: &Namesrv, topic: &str, unique_id: &str) -> Result<(), String> {
+pub fn find_unique(ns: &Namesrv, topic: &str, unique_id: &str) -> Result<(), AdminError> {
     let route = ns.route(topic)?;
     for (q, addr) in readable(&route) {
         let mut conn = Conn::connect(addr, TIMEOUT).map_err(|e| e.to_string())?;
@@ -228,15 +239,12 @@ pub fn find_unique(ns: &Namesrv, topic: &str, unique_id: &str) -> Result<(), Str
                 }
                 for m in &r.messages {
                     if m.unique_id == unique_id {
-                        print_message(m, addr);
-                        return Ok(());
+                        return print_message(m, addr);
                     }
                     offset = m.queue_offset + 1;
                 }
             }
         }
     }
-    Err(format!(
-        "no message of topic {topic} has the unique id {unique_id}"
-    ))
+    Err(format!("no message of topic {topic} has the unique id {unique_id}").into())
 }

@@ -7,7 +7,7 @@ use shardmq_protocol::message::{
 };
 use shardmq_protocol::{Request, Status};
 
-use super::{call_on, Namesrv, TIMEOUT};
+use super::{call_on, outln, AdminError, Namesrv, TIMEOUT};
 use crate::rpc::Conn;
 
 /// Each readable queue of `topic` with a connection to its master: (broker, queue, conn).
@@ -28,8 +28,8 @@ fn offset(conn: &mut Conn, req: Request) -> Result<u64, String> {
 }
 
 /// Per queue: the broker's max offset, the group's committed offset, and the lag.
-pub fn progress(ns: &Namesrv, group: &str, topic: &str) -> Result<(), String> {
-    println!("broker\tqueue\tbroker_offset\tconsumer_offset\tlag");
+pub fn progress(ns: &Namesrv, group: &str, topic: &str) -> Result<(), AdminError> {
+    outln!("broker\tqueue\tbroker_offset\tconsumer_offset\tlag")?;
     for (broker, queue_id, mut conn) in queues(ns, topic)? {
         let max = offset(
             &mut conn,
@@ -51,14 +51,14 @@ pub fn progress(ns: &Namesrv, group: &str, topic: &str) -> Result<(), String> {
             Some(c) => (c.to_string(), max.saturating_sub(c)),
             None => ("-".to_owned(), max),
         };
-        println!("{broker}\t{queue_id}\t{max}\t{shown}\t{lag}");
+        outln!("{broker}\t{queue_id}\t{max}\t{shown}\t{lag}")?;
     }
     Ok(())
 }
 
 /// Moves the group's offset on every queue of `topic` to the first message stored at or
 /// after `to_time_ms` (the queue's end when none is).
-pub fn reset(ns: &Namesrv, group: &str, topic: &str, to_time_ms: i64) -> Result<(), String> {
+pub fn reset(ns: &Namesrv, group: &str, topic: &str, to_time_ms: i64) -> Result<(), AdminError> {
     for (broker, queue_id, mut conn) in queues(ns, topic)? {
         let to = offset(
             &mut conn,
@@ -78,7 +78,7 @@ pub fn reset(ns: &Namesrv, group: &str, topic: &str, to_time_ms: i64) -> Result<
             }),
             &[],
         )?;
-        println!("{broker}\t{queue_id}\t{to}");
+        outln!("{broker}\t{queue_id}\t{to}")?;
     }
     Ok(())
 }

@@ -1,11 +1,14 @@
 //! `shardmq admin`: RocketMQ mqadmin-like commands against a running cluster, found through
 //! a NameServer. Each prints plain lines on stdout; failures go to stderr with a non-zero exit.
+//! Every line goes through [`outln!`], so a reader that stops early (`| head -1`) ends the
+//! command quietly instead of panicking it (see [`AdminError::StdoutClosed`]).
 
 mod consume;
 mod group;
 mod send;
 mod subscribe;
 
+use std::io::Write;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -19,6 +22,51 @@ use crate::config::split_addrs;
 use crate::rpc::Conn;
 
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why an admin command stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The command failed; the message says why (printed on stderr, exit status 1).
+    #[error("{0}")]
+    Failed(String),
+    /// stdout's reader went away (`shardmq admin send ... | head -1`). Rust ignores SIGPIPE,
+    /// so the next write fails with EPIPE, which `println!` turns into a panic (exit 101).
+    /// The command stops at that line instead (`consume` still commits what it printed) and
+    /// `main` exits with status 0 and nothing on stderr: the reader has what it asked for,
+    /// and a script under `set -o pipefail` should not fail because `head` stopped reading
+    /// (the choice of ripgrep and most Rust CLIs, rather than the 141 of a SIGPIPE death).
+    #[error("stdout was closed by its reader")]
+    StdoutClosed,
+}
+
+impl From<String> for AdminError {
+    fn from(e: String) -> Self {
+        AdminError::Failed(e)
+    }
+}
+
+/// Writes one line on stdout: [`AdminError::StdoutClosed`] when the reader is gone, a
+/// failure for any other write error (a full disk behind `> file`). Restoring SIGPIPE's
+/// default disposition instead would kill the process at the write, before `consume` commits
+/// and before `subscribe` leaves its group, and it would need `libc`-level calls the server
+/// does not otherwise make; a typed error lets each command end the way it should.
+pub(crate) fn write_line(args: std::fmt::Arguments<'_>) -> Result<(), AdminError> {
+    // stdout is line buffered, so each line reaches the pipe (and meets EPIPE) here.
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{args}") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(AdminError::StdoutClosed),
+        Err(e) => Err(AdminError::Failed(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// `println!` for the admin commands: `outln!("{a}\t{b}")?` (see [`write_line`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::admin::write_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
 
 #[derive(Args)]
 pub struct AdminArgs {
@@ -181,7 +229,7 @@ enum QueueCmd {
     },
 }
 
-pub fn run(args: AdminArgs) -> Result<(), String> {
+pub fn run(args: AdminArgs) -> Result<(), AdminError> {
     let ns = Namesrv {
         addrs: split_addrs(&args.namesrv),
     };
@@ -195,7 +243,7 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
                 for name in names {
                     for b in info.brokers.iter().filter(|b| &b.broker_name == name) {
                         for (id, addr) in &b.addrs {
-                            println!("{cluster}\t{name}\t{id}\t{addr}");
+                            outln!("{cluster}\t{name}\t{id}\t{addr}")?;
                         }
                     }
                 }
@@ -211,9 +259,9 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
             };
             for addr in addrs {
                 let kv: KeyValues = call_typed(&addr, &Request::GetBrokerStatus(Empty {}))?;
-                println!("broker {addr}");
+                outln!("broker {addr}")?;
                 for (k, v) in kv.entries {
-                    println!("  {k}\t{v}");
+                    outln!("  {k}\t{v}")?;
                 }
             }
             Ok(())
@@ -222,7 +270,7 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
             cmd: QueueCmd::Offsets { topic },
         } => {
             let route = ns.route(&topic)?;
-            println!("broker\tqueue\tmin\tmax");
+            outln!("broker\tqueue\tmin\tmax")?;
             for b in &route.brokers {
                 let Some(addr) = master(b) else { continue };
                 let stats: TopicStats = call_typed(
@@ -232,10 +280,13 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
                     }),
                 )?;
                 for q in stats.queues {
-                    println!(
+                    outln!(
                         "{}\t{}\t{}\t{}",
-                        b.broker_name, q.queue_id, q.min_offset, q.max_offset
-                    );
+                        b.broker_name,
+                        q.queue_id,
+                        q.min_offset,
+                        q.max_offset
+                    )?;
                 }
             }
             Ok(())
@@ -251,7 +302,7 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
                     }),
                 )?;
                 for m in members.names {
-                    println!("{addr}\t{group}\t{m}");
+                    outln!("{addr}\t{group}\t{m}")?;
                 }
             }
             Ok(())
@@ -265,7 +316,7 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
                 all.extend(groups.names);
             }
             for g in all {
-                println!("{g}");
+                outln!("{g}")?;
             }
             Ok(())
         }
@@ -289,9 +340,9 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
             };
             for addr in addrs {
                 let kv: KeyValues = call_typed(&addr, &Request::GetScheduleStatus(Empty {}))?;
-                println!("broker {addr}");
+                outln!("broker {addr}")?;
                 for (k, v) in kv.entries {
-                    println!("  {k}\t{v}");
+                    outln!("  {k}\t{v}")?;
                 }
             }
             Ok(())
@@ -303,29 +354,29 @@ pub fn run(args: AdminArgs) -> Result<(), String> {
             for addr in all_addrs(&ns.cluster_info()?, true) {
                 let req = Request::ViewMessageById(ViewMessageRequest { id: id.clone() });
                 if let Ok(v) = call_typed::<ViewMessageResponse>(&addr, &req) {
-                    consume::print_message(&v.message, &addr);
+                    consume::print_message(&v.message, &addr)?;
                     return Ok(());
                 }
             }
             match topic {
                 Some(t) => consume::find_unique(&ns, &t, &id),
-                None => Err(format!(
+                None => Err(AdminError::Failed(format!(
                     "no broker holds a message with broker id {id}; for a producer's unique \
                      id, name its --topic"
-                )),
+                ))),
             }
         }
     }
 }
 
-fn topic(ns: &Namesrv, cmd: TopicCmd) -> Result<(), String> {
+fn topic(ns: &Namesrv, cmd: TopicCmd) -> Result<(), AdminError> {
     match cmd {
         TopicCmd::Create(a) | TopicCmd::Update(a) => {
             let perm = match a.perm.as_str() {
                 "rw" | "wr" => 6,
                 "r" => 4,
                 "w" => 2,
-                p => return Err(format!("--perm must be rw, r or w, not {p:?}")),
+                p => return Err(format!("--perm must be rw, r or w, not {p:?}").into()),
             };
             let cfg = TopicConfigData {
                 topic: a.topic.clone(),
@@ -339,14 +390,18 @@ fn topic(ns: &Namesrv, cmd: TopicCmd) -> Result<(), String> {
                 None => all_addrs(&ns.cluster_info()?, true),
             };
             if addrs.is_empty() {
-                return Err("no broker is registered with the NameServer".into());
+                return Err(AdminError::Failed(
+                    "no broker is registered with the NameServer".into(),
+                ));
             }
             for addr in &addrs {
                 let _: Empty = call_typed(addr, &Request::CreateTopic(cfg.clone()))?;
-                println!(
+                outln!(
                     "topic {} on {addr}: {} read / {} write queues",
-                    cfg.topic, cfg.read_queues, cfg.write_queues
-                );
+                    cfg.topic,
+                    cfg.read_queues,
+                    cfg.write_queues
+                )?;
             }
             // The brokers register the change at once; return when the route shows it, so
             // that a send or consume right after finds the topic.
@@ -383,14 +438,14 @@ fn topic(ns: &Namesrv, cmd: TopicCmd) -> Result<(), String> {
                         topic: topic.clone(),
                     }),
                 )?;
-                println!("topic {topic} deleted on {addr}");
+                outln!("topic {topic} deleted on {addr}")?;
             }
             Ok(())
         }
         TopicCmd::List => {
             let names: NameList = ns.call(&Request::GetTopicList(Empty {}))?;
             for n in names.names {
-                println!("{n}");
+                outln!("{n}")?;
             }
             Ok(())
         }
@@ -398,14 +453,17 @@ fn topic(ns: &Namesrv, cmd: TopicCmd) -> Result<(), String> {
             let route = ns.route(&topic)?;
             for b in &route.brokers {
                 for (id, addr) in &b.addrs {
-                    println!("broker\t{}\t{}\t{id}\t{addr}", b.cluster, b.broker_name);
+                    outln!("broker\t{}\t{}\t{id}\t{addr}", b.cluster, b.broker_name)?;
                 }
             }
             for q in &route.queues {
-                println!(
+                outln!(
                     "queues\t{}\tread {}\twrite {}\tperm {}",
-                    q.broker_name, q.read_queues, q.write_queues, q.perm
-                );
+                    q.broker_name,
+                    q.read_queues,
+                    q.write_queues,
+                    q.perm
+                )?;
             }
             Ok(())
         }

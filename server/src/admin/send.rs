@@ -8,7 +8,7 @@ use clap::Args;
 use shardmq_protocol::message::{SendMessageRequest, SendResult};
 use shardmq_protocol::{Request, Status};
 
-use super::{call_on, master, Namesrv, TIMEOUT};
+use super::{call_on, master, outln, AdminError, Namesrv, TIMEOUT};
 use crate::rpc::Conn;
 
 #[derive(Args)]
@@ -46,7 +46,7 @@ fn unique_id() -> String {
     )
 }
 
-pub fn run(ns: &Namesrv, a: SendArgs) -> Result<(), String> {
+pub fn run(ns: &Namesrv, a: SendArgs) -> Result<(), AdminError> {
     // A topic nobody serves yet goes to the first master, which creates it (auto-create).
     let targets: Vec<(String, String, u32)> = match ns.route(&a.topic) {
         Ok(route) => route
@@ -76,7 +76,7 @@ pub fn run(ns: &Namesrv, a: SendArgs) -> Result<(), String> {
         .flat_map(|(i, (_, _, n))| (0..*n).map(move |q| (i, q)))
         .collect();
     if queues.is_empty() {
-        return Err(format!("no writable queue for topic {}", a.topic));
+        return Err(format!("no writable queue for topic {}", a.topic).into());
     }
     let mut conns: Vec<Option<Conn>> = targets.iter().map(|_| None).collect();
     for k in 0..a.count {
@@ -102,10 +102,13 @@ pub fn run(ns: &Namesrv, a: SendArgs) -> Result<(), String> {
             ..Default::default()
         });
         let (_, r): (Status, SendResult) = call_on(conn, &req, &[])?;
-        println!(
+        outln!(
             "msg_id={} broker={} queue={} offset={}",
-            r.msg_id, targets[t].0, r.queue_id, r.queue_offset
-        );
+            r.msg_id,
+            targets[t].0,
+            r.queue_id,
+            r.queue_offset
+        )?;
     }
     Ok(())
 }

@@ -5,17 +5,22 @@
 //! Lines: `{"event":"assigned","queues":["T@broker-a#0",...]}`,
 //! `{"event":"message","topic":..,"broker":..,"queue":..,"offset":..,"msg_id":..,
 //! "reconsume_times":..,"body":..}` (body as lossy UTF-8), and `{"event":"stopped"}` last.
-//! Each line is flushed before the message counts as consumed, so a line printed is a
-//! message delivered.
+//! Each line is written before the message counts as consumed, so a line printed is a
+//! message delivered. When stdout's reader goes away (`| head -1`) the batch that could not
+//! be printed is not consumed (reconsumed later, or the orderly queue suspended) and the
+//! command stops as on a signal.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::Args;
 use shardmq_client::consumer::push::{ConsumeContext, ConsumeFrom, MessageModel, PushConsumer};
 use shardmq_client::{ConsumeStatus, OrderlyStatus, WireMessage};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::{Handle, Signals};
+
+use super::{outln, AdminError};
 
 #[derive(Args)]
 pub struct SubscribeArgs {
@@ -51,14 +56,43 @@ pub struct SubscribeArgs {
     client_id: Option<String>,
 }
 
-fn line(v: serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout must not panic the listener; the message then counts as consumed.
-    let _ = writeln!(out, "{v}").and_then(|()| out.flush());
+/// Where the command's output goes: stdout, until a line cannot be written; then the first
+/// such error is kept and the wait for a signal ends, which stops the consumer.
+struct Output {
+    failed: Mutex<Option<AdminError>>,
+    stop: Handle,
 }
 
-fn print(m: &WireMessage, ctx: &ConsumeContext) {
-    line(serde_json::json!({
+impl Output {
+    /// Prints `v` as a line; false once stdout cannot be written (this line or an earlier one).
+    fn line(&self, v: serde_json::Value) -> bool {
+        let mut failed = lock(&self.failed);
+        if failed.is_some() {
+            return false;
+        }
+        match outln!("{v}") {
+            Ok(()) => true,
+            Err(e) => {
+                *failed = Some(e);
+                self.stop.close();
+                false
+            }
+        }
+    }
+
+    /// Prints every message of a batch; false if any could not be.
+    fn batch(&self, msgs: &[WireMessage], ctx: &ConsumeContext) -> bool {
+        msgs.iter().all(|m| self.line(message(m, ctx)))
+    }
+}
+
+/// The output still works after a listener panicked while holding the lock.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn message(m: &WireMessage, ctx: &ConsumeContext) -> serde_json::Value {
+    serde_json::json!({
         "event": "message",
         "topic": m.topic,
         "broker": ctx.queue.broker_name,
@@ -67,10 +101,16 @@ fn print(m: &WireMessage, ctx: &ConsumeContext) {
         "msg_id": m.msg_id,
         "reconsume_times": m.reconsume_times,
         "body": String::from_utf8_lossy(&m.body),
-    }));
+    })
 }
 
-pub fn run(namesrv: &str, a: SubscribeArgs) -> Result<(), String> {
+pub fn run(namesrv: &str, a: SubscribeArgs) -> Result<(), AdminError> {
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let out = Arc::new(Output {
+        failed: Mutex::new(None),
+        stop: signals.handle(),
+    });
     let mut b = PushConsumer::builder()
         .namesrv_addr(namesrv)
         .group(&a.group)
@@ -92,22 +132,21 @@ pub fn run(namesrv: &str, a: SubscribeArgs) -> Result<(), String> {
         b = b.client_id(id);
     }
     let fail = a.fail;
+    let o = out.clone();
     b = if a.orderly {
         b.listener_orderly(move |msgs, ctx| {
-            msgs.iter().for_each(|m| print(m, ctx));
-            if fail {
-                OrderlyStatus::SuspendCurrentQueueAMoment
-            } else {
+            if o.batch(msgs, ctx) && !fail {
                 OrderlyStatus::Success
+            } else {
+                OrderlyStatus::SuspendCurrentQueueAMoment
             }
         })
     } else {
         b.listener_concurrently(move |msgs, ctx| {
-            msgs.iter().for_each(|m| print(m, ctx));
-            if fail {
-                ConsumeStatus::ReconsumeLater
-            } else {
+            if o.batch(msgs, ctx) && !fail {
                 ConsumeStatus::Success
+            } else {
+                ConsumeStatus::ReconsumeLater
             }
         })
     };
@@ -115,7 +154,7 @@ pub fn run(namesrv: &str, a: SubscribeArgs) -> Result<(), String> {
     consumer.start().map_err(|e| e.to_string())?;
     let done = Arc::new(AtomicBool::new(false));
     let watcher = {
-        let (c, done) = (consumer.clone(), done.clone());
+        let (c, done, out) = (consumer.clone(), done.clone(), out.clone());
         std::thread::spawn(move || {
             let mut last = None;
             while !done.load(Ordering::Acquire) {
@@ -124,16 +163,20 @@ pub fn run(namesrv: &str, a: SubscribeArgs) -> Result<(), String> {
                 });
                 if last.as_ref() != Some(&now) {
                     let names: Vec<String> = now.iter().map(ToString::to_string).collect();
-                    line(serde_json::json!({"event": "assigned", "queues": names}));
+                    out.line(serde_json::json!({"event": "assigned", "queues": names}));
                     last = Some(now);
                 }
             }
         })
     };
-    crate::wait_for_signal()?;
+    // Ends at SIGTERM or SIGINT, or when `Output` closes the handle.
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "stopping");
+    }
     consumer.shutdown();
     done.store(true, Ordering::Release);
     let _ = watcher.join();
-    line(serde_json::json!({"event": "stopped"}));
-    Ok(())
+    out.line(serde_json::json!({"event": "stopped"}));
+    let failed = lock(&out.failed).take();
+    failed.map_or(Ok(()), Err)
 }

@@ -171,3 +171,46 @@ pub fn producer(namesrv: &str) -> shardmq_client::Producer {
     p.start().expect("start the producer");
     p
 }
+
+/// `shardmq admin --namesrv NS ARGS | head -1`: reads the first line of the command's stdout,
+/// closes the pipe, and waits (at most a minute) for the command to end: (its exit status,
+/// the first line, its stderr).
+pub fn admin_head_1(namesrv: &str, args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .arg("admin")
+        .arg("--namesrv")
+        .arg(namesrv)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shardmq admin");
+    let mut first = String::new();
+    {
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("read the first line");
+        // The reader, and with it the pipe's read end, is dropped here.
+    }
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait for shardmq admin") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shardmq admin {args:?} still runs a minute after its stdout closed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, first, err.join().unwrap_or_default())
+}
