@@ -39,7 +39,7 @@ mod shard;
 mod startup;
 mod store;
 pub mod topics;
-mod waiters;
+pub mod waiters;
 
 pub use config::{FlushMode, ProbeHandle, StoreConfig};
 pub use consumequeue::read::{GetRequest, GetResult, GetStatus, QueueMessage};

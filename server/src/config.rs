@@ -40,6 +40,16 @@ pub struct BrokerSettings {
     /// Response bytes one connection may have waiting to be written; past it the broker
     /// reads no more of that connection's requests until the client takes its responses.
     pub connection_out_max_bytes: usize,
+    /// Answer bytes all connections of one shard may hold (waiting to be written, or
+    /// reserved for a pull's answer being built); a pull that does not fit is answered
+    /// SYSTEM_BUSY.
+    pub shard_out_max_bytes: usize,
+    /// A frame must arrive whole within this long of its first byte; otherwise its
+    /// connection is closed.
+    pub frame_timeout_ms: u64,
+    /// A connection on which nothing moves this long (no byte read or written, no request
+    /// being served) is closed; so is one whose client stopped taking its answers.
+    pub connection_idle_timeout_ms: u64,
     /// A parked pull waits this long at most, whatever the client asks.
     pub long_poll_max_ms: u64,
     /// A pull returns this many bytes of messages at most.
@@ -73,6 +83,9 @@ impl Default for BrokerSettings {
             shard_request_bytes_max: 256 << 20,
             shard_connections_max: 10_000,
             connection_out_max_bytes: 16 << 20,
+            shard_out_max_bytes: 256 << 20,
+            frame_timeout_ms: 30_000,
+            connection_idle_timeout_ms: 120_000,
             long_poll_max_ms: 15_000,
             pull_bytes_max: 4 << 20,
             offsets_persist_interval_ms: 5_000,
@@ -227,6 +240,11 @@ impl ServerConfig {
             ),
             ("broker.client_ttl_ms", b.client_ttl_ms),
             ("broker.queue_lock_ttl_ms", b.queue_lock_ttl_ms),
+            ("broker.frame_timeout_ms", b.frame_timeout_ms),
+            (
+                "broker.connection_idle_timeout_ms",
+                b.connection_idle_timeout_ms,
+            ),
             ("namesrv.scan_interval_ms", self.namesrv.scan_interval_ms),
             ("namesrv.broker_ttl_ms", self.namesrv.broker_ttl_ms),
         ];

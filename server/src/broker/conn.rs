@@ -1,32 +1,53 @@
 //! Connections, on the shard that accepted them: a read loop that decodes frames and starts
 //! one task per request (so a parked pull never holds up the requests behind it), and a
-//! writer task that sends responses as they finish (matched by request id, in any order).
+//! writer task that sends answers as they finish (matched by request id, in any order).
 //!
-//! Caps, each answered with SYSTEM_BUSY instead of growing memory: requests in flight per
-//! connection, request bytes in flight per shard, connections per shard (closed at accept).
-//! A client that does not read its responses is not answered into memory: past
-//! `connection_out_max_bytes` of responses waiting to be written, the connection stops
-//! reading requests until the writer catches up (TCP pushes back on the client).
-//! A frame the decoder refuses costs its connection only: one error frame (request id 0,
-//! status BadRequest, the reason as remark) and a close.
+//! Memory a client can make the broker hold is bounded (docs/config.md, "Memory"):
+//! - requests: in flight per connection, request bytes per shard, connections per shard
+//!   (closed at accept); past a cap a request is answered SYSTEM_BUSY.
+//! - answers: counted against the connection's budget (`connection_out_max_bytes`) and the
+//!   shard's (`shard_out_max_bytes`) from before a pull's answer is built until its bytes
+//!   are written (`budget.rs`). A pull waits for room in its connection's budget (its client
+//!   has not taken earlier answers) and is refused SYSTEM_BUSY when the shard's is full;
+//!   past the connection's budget the read loop stops reading requests (TCP pushes back).
+//! - time: a frame must arrive whole within `frame_timeout_ms` of its first byte, and a
+//!   connection on which nothing moves (no byte read or written, and no request being
+//!   served) for `connection_idle_timeout_ms` is closed — also one whose client stopped
+//!   reading its answers.
+//!
+//! A connection that closes (end of stream, error, timeout) drops all its work at once: its
+//! requests' tasks are cancelled, answers not yet written are dropped and their bytes given
+//! back. A frame the decoder refuses costs its connection only: one error frame (request id
+//! 0, status BadRequest, the reason as remark), written within a short grace, and a close.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_lite::io::{ReadHalf, WriteHalf};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
+use shardmq_engine::waiters::LocalEvent;
 use shardmq_protocol::{error_response, Frame, FrameDecoder, Header, Status};
 
+use super::budget::{Answers, Budget};
 use super::clients::ClientChannel;
 use super::{handler, Broker};
 
-/// Responses smaller than this are copied into one buffer with their neighbours and written
+/// Answers smaller than this are copied into one buffer with their neighbours and written
 /// together; larger ones (pull answers) are written as they are.
 const COALESCE_MAX: usize = 64 << 10;
+
+/// A large answer is written in pieces of this size, so that a client reading slowly but
+/// steadily shows progress to the idle timeout.
+const WRITE_PIECE_BYTES: usize = 256 << 10;
+
+/// How long the error frame of a refused frame may take to be written before the close.
+const FAREWELL_GRACE: Duration = Duration::from_secs(1);
 
 /// Numbers this process's connections (heartbeats remember which one they came on).
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -36,18 +57,25 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// For pushing frames to the client later (consumer group notifications).
     pub channel: ClientChannel,
+    /// Room for answers: a pull reserves its answer here before building it.
+    pub answers: Answers,
 }
 
 /// What the connections of one shard share.
-#[derive(Default)]
 pub struct ShardLoad {
     request_bytes: Cell<usize>,
     connections: Cell<usize>,
+    /// Answer bytes of all the shard's connections (`shard_out_max_bytes`).
+    answers: Rc<Budget>,
 }
 
 /// Accepts until the broker stops.
 pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
-    let load = Rc::new(ShardLoad::default());
+    let load = Rc::new(ShardLoad {
+        request_bytes: Cell::new(0),
+        connections: Cell::new(0),
+        answers: Rc::new(Budget::new(broker.settings.shard_out_max_bytes)),
+    });
     loop {
         let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             broker.stopped().await;
@@ -73,6 +101,57 @@ pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
     }
 }
 
+/// One connection's state, shared by its read loop, writer and request tasks.
+struct Conn {
+    broker: Arc<Broker>,
+    load: Rc<ShardLoad>,
+    ctx: Rc<ConnCtx>,
+    /// Answers to the writer (their bytes counted in `ctx.answers`).
+    out: flume::Sender<Bytes>,
+    in_flight: Cell<usize>,
+    /// Wakes the close sequence when the last request task ends.
+    task_ended: LocalEvent,
+    closed: Cell<bool>,
+    closing: LocalEvent,
+    /// When a byte last moved either way (or a served request showed the client waits).
+    last_progress: Cell<Instant>,
+}
+
+impl Conn {
+    fn close(&self) {
+        if !self.closed.replace(true) {
+            self.closing.notify();
+        }
+    }
+
+    async fn wait_closed(&self) {
+        loop {
+            let generation = self.closing.generation();
+            if self.closed.get() {
+                return;
+            }
+            self.closing.wait_past(generation).await;
+        }
+    }
+
+    /// Queues an answer for the writer.
+    fn answer(&self, b: Bytes) {
+        if self.closed.get() {
+            return;
+        }
+        let n = b.len();
+        self.ctx.answers.take(n);
+        if self.out.send(b).is_err() {
+            // The writer is gone: nothing will write (and give back) these bytes.
+            self.ctx.answers.give(n);
+        }
+    }
+
+    fn progress(&self) {
+        self.last_progress.set(Instant::now());
+    }
+}
+
 struct ConnGuard {
     broker: Arc<Broker>,
     load: Rc<ShardLoad>,
@@ -88,6 +167,19 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Why a read loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// End of stream or a read error: the client is gone.
+    Eof,
+    /// The writer failed (the client is gone) or the broker stops.
+    Closed,
+    /// The decoder refused a frame; its error frame is queued.
+    BadFrame,
+    FrameTimeout,
+    Idle,
+}
+
 async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
     load.connections.set(load.connections.get() + 1);
     broker.metrics.connections.fetch_add(1, Ordering::Relaxed);
@@ -99,99 +191,112 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = futures_lite::io::split(stream);
+    let (rd, wr) = futures_lite::io::split(stream);
     let (tx, rx) = flume::unbounded::<Bytes>();
     let (push_tx, push_rx) = flume::unbounded::<Bytes>();
-    let ctx = Rc::new(ConnCtx {
-        peer,
-        channel: ClientChannel {
-            conn_id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
-            tx: push_tx.downgrade(),
-        },
-    });
-    let (drained_tx, drained_rx) = flume::bounded::<()>(1);
-    let queued = Rc::new(Cell::new(0usize));
-    let out = Rc::new(Outbox {
-        tx,
-        queued: queued.clone(),
-    });
-    // The writer holds only the byte count, not a sender: it ends when the last sender (the
-    // read loop's and its requests') is gone.
-    let writer = {
-        glommio::spawn_local(async move {
-            // Responses (counted in `queued`) and frames the broker pushes (not counted).
-            let next = || {
-                futures_lite::future::or(
-                    async { rx.recv_async().await.map(|b| (b, true)) },
-                    async {
-                        match push_rx.recv_async().await {
-                            Ok(b) => Ok((b, false)),
-                            // No pushes any more; go on with the responses alone.
-                            Err(_) => rx.recv_async().await.map(|b| (b, true)),
-                        }
-                    },
-                )
-            };
-            while let Ok(first) = next().await {
-                let mut batch = vec![first];
-                batch.extend(rx.try_iter().map(|b| (b, true)));
-                batch.extend(push_rx.try_iter().map(|b| (b, false)));
-                // Small frames go out together, one write for the lot (a pipelining client's
-                // responses would otherwise cost a send each); a large one on its own.
-                let mut small = BytesMut::new();
-                for (b, counted) in &batch {
-                    if b.len() >= COALESCE_MAX {
-                        if !small.is_empty() && wr.write_all(&small.split()).await.is_err() {
-                            return;
-                        }
-                        if wr.write_all(b).await.is_err() {
-                            return;
-                        }
-                    } else {
-                        small.extend_from_slice(b);
-                    }
-                    if *counted {
-                        queued.set(queued.get() - b.len());
-                    }
-                }
-                if !small.is_empty() && wr.write_all(&small).await.is_err() {
-                    return;
-                }
-                if wr.flush().await.is_err() {
-                    return;
-                }
-                let _ = drained_tx.try_send(());
-            }
-            let _ = wr.close().await;
-        })
+    let answers = Answers {
+        conn: Rc::new(Budget::new(broker.settings.connection_out_max_bytes)),
+        shard: load.answers.clone(),
     };
-    let out_max = broker.settings.connection_out_max_bytes;
-    let decoder = FrameDecoder::new(broker.settings.frame_max_bytes);
-    let in_flight = Rc::new(Cell::new(0usize));
+    let conn = Rc::new(Conn {
+        broker: broker.clone(),
+        load,
+        ctx: Rc::new(ConnCtx {
+            peer,
+            channel: ClientChannel {
+                conn_id: NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed),
+                tx: push_tx.downgrade(),
+            },
+            answers: answers.clone(),
+        }),
+        out: tx,
+        in_flight: Cell::new(0),
+        task_ended: LocalEvent::default(),
+        closed: Cell::new(false),
+        closing: LocalEvent::default(),
+        last_progress: Cell::new(Instant::now()),
+    });
+    let writer = glommio::spawn_local(write_loop(conn.clone(), wr, rx, push_rx));
+    let end = read_loop(&conn, rd).await;
+    if matches!(end, End::FrameTimeout | End::Idle) {
+        tracing::info!(%peer, reason = ?end, "closing a connection");
+    }
+    if end == End::BadFrame {
+        // Let the error frame (and answers before it) go out, briefly.
+        futures_lite::future::or(conn.ctx.answers.conn.wait_empty(), async {
+            glommio::timer::sleep(FAREWELL_GRACE).await;
+        })
+        .await;
+    }
+    conn.close();
+    // Every request task sees the close and ends (dropping what it held) at its next poll.
+    while conn.in_flight.get() > 0 {
+        let generation = conn.task_ended.generation();
+        if conn.in_flight.get() == 0 {
+            break;
+        }
+        conn.task_ended.wait_past(generation).await;
+    }
+    writer.await;
+    // Answers queued and never written: no task holds a reservation any more, so what the
+    // connection still counts is exactly those bytes.
+    answers.give(answers.conn.used());
+    drop(push_tx);
+    broker.departed(&broker.clients.connection_closed(conn.ctx.channel.conn_id));
+}
+
+/// Decodes and dispatches frames until the connection ends; says why.
+async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
+    let settings = &conn.broker.settings;
+    let frame_timeout = Duration::from_millis(settings.frame_timeout_ms);
+    let idle_timeout = Duration::from_millis(settings.connection_idle_timeout_ms);
+    let decoder = FrameDecoder::new(settings.frame_max_bytes);
     let mut buf = BytesMut::with_capacity(64 << 10);
-    'conn: loop {
+    // When the first byte of the frame now partly in `buf` arrived.
+    let mut frame_started: Option<Instant> = None;
+    loop {
+        let mut decoded = false;
         loop {
             match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => dispatch(&broker, &load, &in_flight, &out, frame, &ctx),
+                Ok(Some(frame)) => {
+                    decoded = true;
+                    dispatch(conn, frame);
+                }
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::info!(%peer, error = %e, "closing a connection after a bad frame");
+                    tracing::info!(peer = %conn.ctx.peer, error = %e, "closing a connection after a bad frame");
                     let h = Header {
                         flags: 0,
                         opcode: 0,
                         status: 0,
                         request_id: 0,
                     };
-                    out.push(error_response(&h, Status::BadRequest, e.to_string()).to_bytes());
-                    break 'conn;
+                    conn.answer(error_response(&h, Status::BadRequest, e.to_string()).to_bytes());
+                    return End::BadFrame;
                 }
             }
         }
-        // Responses the client has not taken yet: read no more requests until they drain.
-        while out.queued.get() > out_max {
-            if drained_rx.recv_async().await.is_err() {
-                break 'conn;
+        if buf.is_empty() {
+            frame_started = None;
+        } else if decoded || frame_started.is_none() {
+            frame_started = Some(Instant::now());
+        }
+        // Answers the client has not taken yet: read no more requests until they drain.
+        if conn.ctx.answers.conn.over() {
+            let drained = async {
+                conn.ctx.answers.conn.wait_within().await;
+                true
+            };
+            let ended = async {
+                watch(conn, None, idle_timeout).await;
+                false
+            };
+            if !futures_lite::future::or(drained, ended).await {
+                return why(conn, None, idle_timeout);
             }
+            // The pause was ours: the frame's clock starts again.
+            frame_started = frame_started.map(|_| Instant::now());
+            continue;
         }
         let want = match decoder.needed(&buf) {
             Ok(Some(total)) => total.saturating_sub(buf.len()).max(1),
@@ -200,51 +305,150 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
         };
         let at = buf.len();
         buf.resize(at + want.min(1 << 20), 0);
-        // A read error ends the connection like an end of stream does.
-        let n: usize = rd.read(&mut buf[at..]).await.unwrap_or_default();
+        let deadline = frame_started.map(|t| t + frame_timeout);
+        let read = async {
+            // A read error ends the connection like an end of stream does.
+            Some(rd.read(&mut buf[at..]).await.unwrap_or_default())
+        };
+        let outcome = futures_lite::future::or(read, async {
+            watch(conn, deadline, idle_timeout).await;
+            None
+        })
+        .await;
+        let n = match outcome {
+            Some(n) => n,
+            None => {
+                buf.truncate(at);
+                // `watch` returned: closed or a timeout; it said which through `why`.
+                return why(conn, deadline, idle_timeout);
+            }
+        };
         buf.truncate(at + n);
         if n == 0 {
-            break;
+            return End::Eof;
         }
-    }
-    drop(out);
-    drop(push_tx);
-    broker.departed(&broker.clients.connection_closed(ctx.channel.conn_id));
-    writer.await;
-}
-
-/// Responses on their way to the writer task, counted in bytes.
-struct Outbox {
-    tx: flume::Sender<Bytes>,
-    queued: Rc<Cell<usize>>,
-}
-
-impl Outbox {
-    fn push(&self, b: Bytes) {
-        self.queued.set(self.queued.get() + b.len());
-        if self.tx.send(b).is_err() {
-            // The writer is gone (the client went away): nothing will drain it.
-            self.queued.set(0);
-        }
+        conn.progress();
     }
 }
 
-fn dispatch(
-    broker: &Arc<Broker>,
-    load: &Rc<ShardLoad>,
-    in_flight: &Rc<Cell<usize>>,
-    out: &Rc<Outbox>,
-    frame: Frame,
-    ctx: &Rc<ConnCtx>,
+/// Resolves when the connection must end: it was closed, its current frame is past
+/// `frame_deadline`, or it has been idle for `idle_timeout`.
+async fn watch(conn: &Conn, frame_deadline: Option<Instant>, idle_timeout: Duration) {
+    let timers = async {
+        loop {
+            let now = Instant::now();
+            if frame_deadline.is_some_and(|d| now >= d) {
+                return;
+            }
+            if now >= conn.last_progress.get() + idle_timeout {
+                // A request being served with nothing owed to the client (a parked pull):
+                // the client waits for us, so the connection is not idle.
+                if conn.in_flight.get() > 0 && conn.ctx.answers.conn.used() == 0 {
+                    conn.progress();
+                } else {
+                    return;
+                }
+            }
+            let idle_at = conn.last_progress.get() + idle_timeout;
+            let next = frame_deadline.map_or(idle_at, |d| d.min(idle_at));
+            glommio::timer::sleep(next.saturating_duration_since(now)).await;
+        }
+    };
+    futures_lite::future::or(timers, conn.wait_closed()).await
+}
+
+/// Why `watch` resolved.
+fn why(conn: &Conn, frame_deadline: Option<Instant>, idle_timeout: Duration) -> End {
+    let now = Instant::now();
+    if conn.closed.get() {
+        End::Closed
+    } else if frame_deadline.is_some_and(|d| now >= d) {
+        End::FrameTimeout
+    } else {
+        debug_assert!(now >= conn.last_progress.get() + idle_timeout);
+        End::Idle
+    }
+}
+
+/// Writes answers (counted) and frames the broker pushes (not counted) until every sender is
+/// gone or the connection closes.
+async fn write_loop(
+    conn: Rc<Conn>,
+    mut wr: WriteHalf<TcpStream>,
+    rx: flume::Receiver<Bytes>,
+    push_rx: flume::Receiver<Bytes>,
 ) {
+    let work = async {
+        let next = || {
+            futures_lite::future::or(async { rx.recv_async().await.map(|b| (b, true)) }, async {
+                match push_rx.recv_async().await {
+                    Ok(b) => Ok((b, false)),
+                    // No pushes any more; go on with the answers alone.
+                    Err(_) => rx.recv_async().await.map(|b| (b, true)),
+                }
+            })
+        };
+        while let Ok(first) = next().await {
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().map(|b| (b, true)));
+            batch.extend(push_rx.try_iter().map(|b| (b, false)));
+            if write_batch(&conn, &mut wr, batch).await.is_err() {
+                return;
+            }
+        }
+    };
+    futures_lite::future::or(work, conn.wait_closed()).await;
+    // The client is gone or the connection ends: the read loop stops too.
+    conn.close();
+    let _ = wr.close().await;
+}
+
+/// Writes one batch: small frames joined into one write (a pipelining client's answers would
+/// otherwise cost a send each), a large one on its own in pieces. Each answer's bytes are
+/// given back once written.
+async fn write_batch(
+    conn: &Conn,
+    wr: &mut WriteHalf<TcpStream>,
+    batch: Vec<(Bytes, bool)>,
+) -> std::io::Result<()> {
+    let mut small = BytesMut::new();
+    let mut small_counted = 0;
+    for (b, counted) in batch {
+        let n = if counted { b.len() } else { 0 };
+        if b.len() < COALESCE_MAX {
+            small.extend_from_slice(&b);
+            small_counted += n;
+            continue;
+        }
+        if !small.is_empty() {
+            wr.write_all(&small.split()).await?;
+            conn.progress();
+            conn.ctx.answers.give(std::mem::take(&mut small_counted));
+        }
+        for piece in b.chunks(WRITE_PIECE_BYTES) {
+            wr.write_all(piece).await?;
+            conn.progress();
+        }
+        conn.ctx.answers.give(n);
+    }
+    if !small.is_empty() {
+        wr.write_all(&small).await?;
+        conn.progress();
+        conn.ctx.answers.give(small_counted);
+    }
+    wr.flush().await
+}
+
+fn dispatch(conn: &Rc<Conn>, frame: Frame) {
     let h = frame.header;
     if h.is_response() {
         return;
     }
+    let broker = &conn.broker;
     let size = frame.encoded_len();
     let answer = |f: Frame| {
         if !h.is_oneway() {
-            out.push(f.to_bytes());
+            conn.answer(f.to_bytes());
         }
     };
     if broker.is_stopping() {
@@ -255,7 +459,8 @@ fn dispatch(
         ));
         return;
     }
-    if in_flight.get() >= broker.settings.connection_requests_max
+    let load = &conn.load;
+    if conn.in_flight.get() >= broker.settings.connection_requests_max
         || load.request_bytes.get() + size > broker.settings.shard_request_bytes_max
     {
         broker.metrics.busy.fetch_add(1, Ordering::Relaxed);
@@ -266,24 +471,29 @@ fn dispatch(
         ));
         return;
     }
-    in_flight.set(in_flight.get() + 1);
+    conn.in_flight.set(conn.in_flight.get() + 1);
     load.request_bytes.set(load.request_bytes.get() + size);
     broker.requests_begin();
-    let (broker, load, in_flight, out, ctx) = (
-        broker.clone(),
-        load.clone(),
-        in_flight.clone(),
-        out.clone(),
-        ctx.clone(),
-    );
+    let conn = conn.clone();
     glommio::spawn_local(async move {
-        let reply = handler::handle(&broker, frame, &ctx).await;
-        in_flight.set(in_flight.get() - 1);
-        load.request_bytes.set(load.request_bytes.get() - size);
-        if !h.is_oneway() {
-            out.push(reply.to_bytes());
+        let work = async { Some(handler::handle(&conn.broker, frame, &conn.ctx).await) };
+        // A closed connection's requests stop at once; nobody would read their answers.
+        let reply = futures_lite::future::or(work, async {
+            conn.wait_closed().await;
+            None
+        })
+        .await;
+        if let Some(reply) = reply {
+            if !h.is_oneway() {
+                conn.answer(reply.to_bytes());
+            }
         }
-        broker.requests_end();
+        conn.in_flight.set(conn.in_flight.get() - 1);
+        conn.load
+            .request_bytes
+            .set(conn.load.request_bytes.get() - size);
+        conn.broker.requests_end();
+        conn.task_ended.notify();
     })
     .detach();
 }

@@ -16,12 +16,43 @@ use shardmq_protocol::message::{
 };
 use shardmq_protocol::{error_response, response, Frame, Header, Request, Status};
 
+use super::budget::{pull_reserve, Answers, Grant, ShardBusy};
 use super::check::{self, put_refusal, read_refusal, Refusal};
 use super::conn::ConnCtx;
 use super::{membership, Broker};
 
 /// The property a message's client-generated unique id is stored under.
 pub const UNIQ_KEY: &str = "UNIQ_KEY";
+
+/// A viewed message's fields and properties beyond its body.
+const VIEW_OVERHEAD_BYTES: usize = 64 << 10;
+
+/// Room for an answer about to be built (`budget.rs`), or the frame refusing the request:
+/// SYSTEM_BUSY when the shard's answers are full, SERVICE_NOT_AVAILABLE when the broker
+/// stops while the connection's are.
+async fn reserve(
+    broker: &Broker,
+    h: &Header,
+    answers: &Answers,
+    need: usize,
+) -> Result<Grant, Frame> {
+    match broker.until_stopped(answers.reserve(need)).await {
+        Some(Ok(grant)) => Ok(grant),
+        Some(Err(ShardBusy)) => {
+            broker.metrics.busy.fetch_add(1, Ordering::Relaxed);
+            Err(error_response(
+                h,
+                Status::SystemBusy,
+                "the shard holds broker.shard_out_max_bytes of answers; retry later",
+            ))
+        }
+        None => Err(error_response(
+            h,
+            Status::ServiceNotAvailable,
+            "the broker is shutting down",
+        )),
+    }
+}
 
 fn refused(h: &Header, r: Refusal) -> Frame {
     error_response(h, r.status, r.remark)
@@ -50,11 +81,19 @@ pub async fn handle(broker: &Broker, frame: Frame, ctx: &ConnCtx) -> Frame {
         }
         Request::PullMessage(r) => {
             let t = Instant::now();
-            let reply = pull(broker, &h, r).await;
+            let reply = pull(broker, &h, r, &ctx.answers).await;
             broker.metrics.pull_latency.record(t.elapsed());
             reply
         }
-        Request::ViewMessageById(r) => view(broker, &h, &r.id).await,
+        Request::ViewMessageById(r) => {
+            // The answer carries one whole message: room for it first, as for a pull.
+            let need = broker.settings.message_max_bytes as usize + VIEW_OVERHEAD_BYTES;
+            let _grant = match reserve(broker, &h, &ctx.answers, need).await {
+                Ok(g) => g,
+                Err(refusal) => return refusal,
+            };
+            view(broker, &h, &r.id).await
+        }
         Request::QueryConsumerOffset(r) => {
             match broker.offsets.get(&r.consumer_group, &r.topic, r.queue_id) {
                 Some(offset) => response(&h, Status::Success, &OffsetResponse { offset }),
@@ -348,7 +387,7 @@ fn user_properties(m: &StoredMessage) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest) -> Frame {
+async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest, answers: &Answers) -> Frame {
     if broker.store.topic(&r.topic).is_none() {
         return error_response(
             h,
@@ -374,6 +413,12 @@ async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest) -> Frame {
         max_bytes: r.max_bytes.clamp(1, broker.settings.pull_bytes_max),
         filter,
     };
+    // Room for the answer before a byte of it is read; given back while the pull is parked.
+    let need = pull_reserve(get.max_bytes, get.max_messages);
+    let mut grant = match reserve(broker, h, answers, need).await {
+        Ok(g) => g,
+        Err(refusal) => return refusal,
+    };
     let mut result = broker.store.get_message(get.clone()).await;
     let parkable = |s: GetStatus| {
         matches!(
@@ -386,6 +431,7 @@ async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest) -> Frame {
             let wait = Duration::from_millis(
                 (r.suspend_timeout_ms as u64).min(broker.settings.long_poll_max_ms),
             );
+            drop(grant);
             let woken = broker
                 .until_stopped(broker.store.wait_for_message(
                     &r.topic,
@@ -394,6 +440,10 @@ async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest) -> Frame {
                     wait,
                 ))
                 .await;
+            grant = match reserve(broker, h, answers, need).await {
+                Ok(g) => g,
+                Err(refusal) => return refusal,
+            };
             if woken == Some(true) {
                 result = broker.store.get_message(get).await;
             }
@@ -403,6 +453,7 @@ async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest) -> Frame {
         Ok(res) => res,
         Err(e) => return refused(h, read_refusal(&e)),
     };
+    let _grant = grant;
     let status = match res.status {
         GetStatus::Found => Status::Success,
         GetStatus::NoNewMsg | GetStatus::OffsetOverflowOne | GetStatus::NoMatchedLogicQueue => {
@@ -556,6 +607,10 @@ fn status(broker: &Broker) -> KeyValues {
             m.connections.load(Ordering::Relaxed).to_string(),
         ),
         ("clients".to_owned(), broker.clients.count().to_string()),
+        (
+            "requests_in_flight".to_owned(),
+            broker.requests_in_flight().to_string(),
+        ),
     ];
     for shard in 0..broker.store.shards() {
         if let Some((min, max)) = broker.store.offsets(shard) {

@@ -2,6 +2,7 @@
 //! (SO_REUSEPORT spreads connections), each connection served on its shard (`conn.rs`), each
 //! request answered there (`handler.rs`) after the checks of `check.rs`.
 
+pub mod budget;
 pub mod check;
 pub mod clients;
 pub mod conn;
@@ -105,6 +106,11 @@ impl Broker {
 
     pub fn requests_begin(&self) {
         self.requests.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Requests of all connections being served (the status this request is in counts).
+    pub fn requests_in_flight(&self) -> usize {
+        self.requests.load(Ordering::Acquire)
     }
 
     pub fn requests_end(&self) {

@@ -1,0 +1,236 @@
+//! Clients that misbehave on purpose, against a real `shardmq standalone`: one pipelining
+//! pulls whose answers it never reads, and ones that never finish a frame or go silent.
+//! Each must cost the broker a bounded amount of memory and time, and nobody else anything.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use shardmq_protocol::message::{
+    Empty, KeyValues, PullMessageRequest, PullMessageResponse, SendMessageRequest, SendResult,
+};
+use shardmq_protocol::{Request, Status};
+
+const MIB: u64 = 1 << 20;
+
+fn vm_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn peak_rss(pid: u32) -> u64 {
+    vm_kib(pid, "VmHWM:") * 1024
+}
+
+fn rss(pid: u32) -> u64 {
+    vm_kib(pid, "VmRSS:") * 1024
+}
+
+fn status_value(conn: &mut shardmq_server::rpc::Conn, key: &str) -> u64 {
+    let (_, kv): (_, KeyValues) = call(conn, &Request::GetBrokerStatus(Empty {}), &[]);
+    kv.entries
+        .iter()
+        .find(|(k, _)| k == key)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {kv:?}"))
+}
+
+fn pull(topic: &str, max_bytes: u32, suspend_ms: u32) -> Request {
+    Request::PullMessage(PullMessageRequest {
+        consumer_group: "hostile".into(),
+        topic: topic.into(),
+        queue_id: 0,
+        queue_offset: 0,
+        max_msgs: 1024,
+        max_bytes,
+        suspend_timeout_ms: suspend_ms,
+        commit_offset: -1,
+        subscription: "*".into(),
+    })
+}
+
+/// Waits (polling, bounded) until `f` holds.
+fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn pipelined_pulls_never_read_hold_a_bounded_answer_budget_and_die_with_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tight.toml");
+    std::fs::write(
+        &config,
+        "[broker]\n\
+         connection_out_max_bytes = 4194304\n\
+         pull_bytes_max = 4194304\n\
+         [store]\n\
+         write_buffer_max_bytes = 8388608\n\
+         tail_cache_bytes = 8388608\n\
+         read_cache_bytes = 8388608\n\
+         io_memory_bytes = 4194304\n",
+    )
+    .unwrap();
+    let broker = standalone(dir.path(), &["--config", config.to_str().unwrap()]);
+    let addr = broker.get("broker");
+    let mut admin = connect(&addr);
+    create_topic(&mut admin, "Pulled", 1);
+    // 8 MiB in the queue: every pull of 4 MiB from offset 0 finds a full answer.
+    for i in 0..32u32 {
+        let send = Request::SendMessage(SendMessageRequest {
+            producer_group: "p".into(),
+            topic: "Pulled".into(),
+            queue_id: 0,
+            body: Bytes::from(vec![b'a' + (i % 26) as u8; 256 << 10]),
+            ..Default::default()
+        });
+        let _: (_, SendResult) = call(&mut admin, &send, &[]);
+    }
+    let pid = broker.pid();
+    let before = rss(pid);
+
+    // 200 pulls of 4 MiB each, pipelined on one connection whose answers are never read:
+    // 800 MiB of answers if the broker built them all.
+    let mut hostile = TcpStream::connect(&addr).unwrap();
+    let pulls: Vec<u8> = (0..200u64)
+        .flat_map(|id| {
+            pull("Pulled", 4 << 20, 0)
+                .to_frame(id + 1, false)
+                .to_bytes()
+                .to_vec()
+        })
+        .collect();
+    hostile.write_all(&pulls).unwrap();
+    // The broker answers until the client's socket buffers and its own answer budget are
+    // full, then waits. Watch it for a while: memory must not climb.
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    let mut gets_before = 0;
+    while Instant::now() < watch_until {
+        gets_before = status_value(&mut admin, "get_messages");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let peak = peak_rss(pid);
+    // Others are still served meanwhile: the shard's budget is not the hostile client's.
+    let (status, got): (_, PullMessageResponse) =
+        call(&mut admin, &pull("Pulled", 1 << 20, 0), PULL);
+    assert_eq!(status, Status::Success);
+    assert!(!got.messages.is_empty());
+
+    // The bound (docs/config.md, "Memory"): per shard the store's budgets (I/O memory, write
+    // buffer, tail and read caches); per connection a frame being read, the answer budget
+    // and one answer over it; over the process's base before the flood.
+    let shards = 2;
+    let per_shard = 4 * MIB + 8 * MIB + 8 * MIB + 8 * MIB;
+    let per_connection = 16 * MIB + 4 * MIB + 5 * MIB;
+    let bound = before + shards * per_shard + 2 * per_connection;
+    eprintln!(
+        "pull flood: RSS before {} MiB, peak {} MiB, bound {} MiB (800 MiB asked for)",
+        before / MIB,
+        peak / MIB,
+        bound / MIB
+    );
+    assert!(peak < bound, "peak RSS {peak} over the bound {bound}");
+
+    // The client goes: its waiting pulls are dropped at once, nothing more is read for them.
+    drop(hostile);
+    eventually(
+        "the closed connection's requests end",
+        Duration::from_secs(10),
+        || status_value(&mut admin, "requests_in_flight") == 1,
+    );
+    let gets_after_close = status_value(&mut admin, "get_messages");
+    assert!(
+        gets_after_close <= gets_before + 2 * 1024,
+        "pulls went on being served after the close: {gets_before} -> {gets_after_close}"
+    );
+    eventually("the connection is gone", Duration::from_secs(10), || {
+        status_value(&mut admin, "connections") == 1
+    });
+    let after = rss(pid);
+    eprintln!("pull flood: RSS after the client left {} MiB", after / MIB);
+    assert!(
+        after <= bound,
+        "RSS {after} after the client left, over {bound}"
+    );
+}
+
+#[test]
+fn a_frame_never_finished_and_a_silent_connection_are_closed_after_their_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(
+        dir.path(),
+        &[
+            "--set",
+            "broker.frame_timeout_ms=600",
+            "--set",
+            "broker.connection_idle_timeout_ms=1500",
+        ],
+    );
+    let addr = broker.get("broker");
+    let closed_within = |s: &mut TcpStream, within: Duration| {
+        s.set_read_timeout(Some(within)).unwrap();
+        let t = Instant::now();
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) => t.elapsed(),
+            Ok(n) => panic!("the broker sent {n} bytes instead of closing"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => t.elapsed(),
+            Err(e) => panic!("not closed within {within:?}: {e}"),
+        }
+    };
+
+    // Half a frame: its first 10 bytes.
+    let frame = pull("T", 1024, 0).to_frame(1, false).to_bytes();
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(&frame[..10]).unwrap();
+    let waited = closed_within(&mut half, Duration::from_secs(10));
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed after {waited:?}, before the frame timeout"
+    );
+
+    // A connection that sends nothing at all is idle.
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let waited = closed_within(&mut silent, Duration::from_secs(10));
+    assert!(
+        waited >= Duration::from_millis(1200),
+        "closed after {waited:?}"
+    );
+
+    // One that finishes its frames slowly but steadily is not closed, nor is a long-polling
+    // one whose pull is parked past the idle timeout.
+    let mut admin = connect(&addr);
+    create_topic(&mut admin, "T", 1);
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    for piece in frame.chunks(frame.len() / 3 + 1) {
+        slow.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let mut parked = connect(&addr);
+    let t = Instant::now();
+    let (status, _): (_, PullMessageResponse) = call(&mut parked, &pull("T", 1024, 2500), PULL);
+    assert_eq!(status, Status::PullNotFound);
+    assert!(
+        t.elapsed() >= Duration::from_millis(2000),
+        "{:?}",
+        t.elapsed()
+    );
+    let (status, _): (_, PullMessageResponse) = call(&mut parked, &pull("T", 1024, 0), PULL);
+    assert_eq!(
+        status,
+        Status::PullNotFound,
+        "the parked pull's connection is open"
+    );
+    let mut answer = [0u8; 4];
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    slow.read_exact(&mut answer)
+        .expect("the slowly sent frame was answered");
+}
