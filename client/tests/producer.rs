@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{dead_addr, route_over, FakeBroker, FakeNamesrv, Mode};
+use common::{cluster_of, dead_addr, route_over, FakeBroker, FakeNamesrv, Mode};
 use shardmq_client::{ClientError, Message, Producer};
 use shardmq_protocol::{Request, Status};
 
@@ -394,4 +394,47 @@ fn a_route_change_is_picked_up_on_topic_not_exist() {
         "broker-b"
     );
     assert_eq!(ns.query_count(), 2);
+}
+
+/// Issue 16: sends to a topic that does not exist yet. The producer sends by the fallback
+/// route (queue 0 of every master, where the broker's first put creates the topic); the
+/// broker registers the topic it created a moment later, on another thread, as the real one
+/// does; from then on the sends spread over all 8 of the topic's queues instead of staying
+/// on queue 0.
+#[test]
+fn sends_to_a_new_topic_spread_over_its_queues_once_the_broker_registers_it() {
+    let (tx, rx) = flume::unbounded();
+    let a = FakeBroker::start_with_events("broker-a", Some(tx));
+    let ns = FakeNamesrv::start(vec![]);
+    *ns.cluster.lock().unwrap() = Some(cluster_of(&[&a]));
+    let (routes, route) = (std::sync::Arc::clone(&ns.routes), route_over(&[&a], 8));
+    let registrar = std::thread::spawn(move || {
+        while let Ok(req) = rx.recv() {
+            if matches!(req, Request::SendMessage(ref r) if r.topic == "Fresh") {
+                routes.lock().unwrap().insert("Fresh".into(), route);
+                return;
+            }
+        }
+    });
+    let p = producer(&ns.addr());
+    let mut per_queue = [0u32; 8];
+    for i in 0..500 {
+        let r = p.send(Message::new("Fresh", format!("m{i}"))).unwrap();
+        assert_eq!(r.broker_name, "broker-a");
+        per_queue[r.queue_id as usize] += 1;
+    }
+    registrar.join().unwrap();
+    assert!(per_queue.iter().all(|n| *n > 0), "{per_queue:?}");
+    // Once the route is there the sends go round robin: queues 1..8 within one of each
+    // other; queue 0 has those plus the sends made before the route arrived, a few.
+    let (min, max) = (
+        per_queue[1..].iter().min().unwrap(),
+        per_queue[1..].iter().max().unwrap(),
+    );
+    assert!(max - min <= 1, "{per_queue:?}");
+    assert!(
+        per_queue[0] < 250,
+        "most sends should spread: {per_queue:?}"
+    );
+    assert!(a.state.stored("Fresh", 7).len() as u32 == per_queue[7]);
 }

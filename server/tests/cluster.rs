@@ -417,3 +417,31 @@ fn admin_commands_end_quietly_when_their_stdout_is_closed() {
         ),
     );
 }
+
+/// `shardmq admin send --count 500` to a topic that does not exist yet (issue 16): the first
+/// put creates it with 8 queues, the broker registers it a moment later, and the sends after
+/// that spread over all 8 instead of all 500 landing on queue 0.
+#[test]
+fn admin_sends_to_a_new_topic_spread_over_the_queues_it_was_created_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(dir.path(), &[]);
+    let ns = broker.get("namesrv");
+    let (ok, out, err) = admin(
+        &ns,
+        &["send", "--topic", "Fresh", "--body", "b", "--count", "500"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 500, "{out}");
+    let (ok, out, err) = admin(&ns, &["queue", "offsets", "--topic", "Fresh"]);
+    assert!(ok, "{err}");
+    // broker, queue, min, max
+    let per_queue: Vec<u64> = out
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').nth(3).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(per_queue.len(), 8, "{out}");
+    assert_eq!(per_queue.iter().sum::<u64>(), 500, "{out}");
+    assert!(per_queue.iter().all(|n| *n > 0), "{out}");
+    assert!(per_queue[0] < 250, "most sends should spread: {out}");
+}

@@ -157,12 +157,13 @@ fn pick_target(core: &Core, job: &mut SendJob, now: Instant) -> Result<QueueTarg
     if let Target::Fixed(q) = &job.target {
         return Ok(q.clone());
     }
+    // A topic without a route yet goes by the fallback route (see `get_for_send`).
     let route = if std::mem::take(&mut job.refresh_route) {
         core.routes
             .refresh(&job.topic)
-            .or_else(|_| core.routes.get(&job.topic))?
+            .or_else(|_| core.routes.get_for_send(&job.topic))?
     } else {
-        core.routes.get(&job.topic)?
+        core.routes.get_for_send(&job.topic)?
     };
     let fault = lock(&core.fault);
     select_queue(

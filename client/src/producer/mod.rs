@@ -15,6 +15,12 @@
 //!   flight from this producer, so neither pipelining nor retries reorder a queue.
 //!
 //! Every message gets a client-generated unique id ([`crate::uniq`]).
+//!
+//! A topic no NameServer routes yet is sent to by a fallback route, queue 0 of every master
+//! (whose first put creates the topic), until the topic's own route appears, asked for again
+//! every few milliseconds meanwhile ([`TopicRouteCache::get_for_send`]). Ordered and selector
+//! sends need the topic's own route: a key mapped over the fallback's queues would move when
+//! the real route arrives.
 
 mod config;
 mod engine;
@@ -190,7 +196,7 @@ impl Producer {
     pub fn send_oneway(&self, msg: Message) -> Result<(), ClientError> {
         self.check_running()?;
         msg.validate(self.core.config.max_message_size)?;
-        let route = self.core.routes.get(&msg.topic)?;
+        let route = self.core.routes.get_for_send(&msg.topic)?;
         let target = {
             let fault = lock(&self.core.fault);
             let start = route.next_index();

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use shardmq_protocol::message::{
-    error_response, response, BrokerData, Empty, OffsetResponse, PullMessageResponse, QueueData,
-    SendBatchResponse, SendResult, TopicRoute, WireMessage,
+    error_response, response, BrokerData, ClusterInfo, Empty, OffsetResponse, PullMessageResponse,
+    QueueData, SendBatchResponse, SendResult, TopicRoute, WireMessage,
 };
 use shardmq_protocol::{Frame, FrameDecoder, Header, Request, Status};
 
@@ -387,9 +387,23 @@ pub fn route_over(brokers: &[&FakeBroker], queues: u32) -> TopicRoute {
     }
 }
 
-/// A fake NameServer answering GetRouteByTopic from a table (TopicNotExist otherwise).
+/// The cluster `brokers` make (each a master), as a NameServer describes it.
+pub fn cluster_of(brokers: &[&FakeBroker]) -> ClusterInfo {
+    let route = route_over(brokers, 1);
+    ClusterInfo {
+        clusters: vec![(
+            "test".into(),
+            brokers.iter().map(|b| b.name().to_string()).collect(),
+        )],
+        brokers: route.brokers,
+    }
+}
+
+/// A fake NameServer answering GetRouteByTopic from a table (TopicNotExist otherwise), and
+/// GetClusterInfo once `cluster` is set (RequestCodeNotSupported before).
 pub struct FakeNamesrv {
     pub routes: Arc<Mutex<HashMap<String, TopicRoute>>>,
+    pub cluster: Arc<Mutex<Option<ClusterInfo>>>,
     pub queries: Arc<Mutex<usize>>,
     pub server: FakeServer,
 }
@@ -401,8 +415,13 @@ impl FakeNamesrv {
             .map(|(t, r)| (t.to_string(), r))
             .collect();
         let routes = Arc::new(Mutex::new(table));
+        let cluster: Arc<Mutex<Option<ClusterInfo>>> = Arc::default();
         let queries = Arc::new(Mutex::new(0));
-        let (r, q) = (Arc::clone(&routes), Arc::clone(&queries));
+        let (r, c, q) = (
+            Arc::clone(&routes),
+            Arc::clone(&cluster),
+            Arc::clone(&queries),
+        );
         let server = FakeServer::start_fn(move |h, req| match req {
             Request::GetRouteByTopic(t) => {
                 *q.lock().unwrap() += 1;
@@ -411,10 +430,15 @@ impl FakeNamesrv {
                     None => fail(h, Status::TopicNotExist, "no route"),
                 }
             }
+            Request::GetClusterInfo(_) => match &*c.lock().unwrap() {
+                Some(info) => reply(h, info),
+                None => fail(h, Status::RequestCodeNotSupported, "no cluster info"),
+            },
             _ => fail(h, Status::RequestCodeNotSupported, "namesrv"),
         });
         FakeNamesrv {
             routes,
+            cluster,
             queries,
             server,
         }

@@ -347,7 +347,7 @@ pub fn run(args: AdminArgs) -> Result<(), AdminError> {
             }
             Ok(())
         }
-        AdminCmd::Send(a) => send::run(&ns, a),
+        AdminCmd::Send(a) => send::run(&args.namesrv, a),
         AdminCmd::Consume(a) => consume::run(&ns, a),
         AdminCmd::Subscribe(a) => subscribe::run(&args.namesrv, a),
         AdminCmd::Message { id, topic } => {

@@ -1,15 +1,12 @@
-//! `admin send`: messages to a topic, round robin over its writable queues.
+//! `admin send`: messages to a topic through the client's [`Producer`], so the command sends
+//! the way applications do: round robin over the topic's writable queues, retries on another
+//! broker, and a topic that does not exist yet created by the first put and spread over all
+//! its queues as soon as the broker has registered it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use bytes::Bytes;
 use clap::Args;
-use shardmq_protocol::message::{SendMessageRequest, SendResult};
-use shardmq_protocol::{Request, Status};
+use shardmq_client::{Message, Producer};
 
-use super::{call_on, master, outln, AdminError, Namesrv, TIMEOUT};
-use crate::rpc::Conn;
+use super::{outln, AdminError, TIMEOUT};
 
 #[derive(Args)]
 pub struct SendArgs {
@@ -31,84 +28,37 @@ pub struct SendArgs {
     deliver_at_ms: Option<i64>,
 }
 
-/// A message's client-side unique id: process, start time and a counter, in hex.
-fn unique_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    format!(
-        "{:08X}{:012X}{:012X}",
-        std::process::id(),
-        now & 0xFFFF_FFFF_FFFF,
-        COUNTER.fetch_add(1, Ordering::Relaxed) & 0xFFFF_FFFF_FFFF
-    )
-}
-
-pub fn run(ns: &Namesrv, a: SendArgs) -> Result<(), AdminError> {
-    // A topic nobody serves yet goes to the first master, which creates it (auto-create).
-    let targets: Vec<(String, String, u32)> = match ns.route(&a.topic) {
-        Ok(route) => route
-            .queues
-            .iter()
-            .filter(|q| q.perm & 2 != 0)
-            .filter_map(|q| {
-                let b = route
-                    .brokers
-                    .iter()
-                    .find(|b| b.broker_name == q.broker_name)?;
-                Some((b.broker_name.clone(), master(b)?.to_owned(), q.write_queues))
-            })
-            .collect(),
-        Err(_) => {
-            let info = ns.cluster_info()?;
-            info.brokers
-                .iter()
-                .filter_map(|b| Some((b.broker_name.clone(), master(b)?.to_owned(), 1)))
-                .take(1)
-                .collect()
-        }
-    };
-    let queues: Vec<(usize, u32)> = targets
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (_, _, n))| (0..*n).map(move |q| (i, q)))
-        .collect();
-    if queues.is_empty() {
-        return Err(format!("no writable queue for topic {}", a.topic).into());
+pub fn run(namesrv: &str, a: SendArgs) -> Result<(), AdminError> {
+    let producer = Producer::builder()
+        .namesrv_addr(namesrv)
+        .group("shardmq-admin")
+        .send_timeout(TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    producer.start().map_err(|e| e.to_string())?;
+    let mut message = Message::new(a.topic.as_str(), a.body).with_delay_level(a.delay_level);
+    if let Some(tag) = a.tag {
+        message = message.with_tags(tag);
     }
-    let mut conns: Vec<Option<Conn>> = targets.iter().map(|_| None).collect();
-    for k in 0..a.count {
-        let (t, queue_id) = queues[k as usize % queues.len()];
-        let conn = match &mut conns[t] {
-            Some(c) => c,
-            slot => slot.insert(Conn::connect(&targets[t].1, TIMEOUT).map_err(|e| e.to_string())?),
-        };
-        let req = Request::SendMessage(SendMessageRequest {
-            producer_group: "shardmq-admin".into(),
-            topic: a.topic.clone(),
-            queue_id,
-            unique_id: unique_id(),
-            tags: a.tag.clone().unwrap_or_default(),
-            keys: a.key.clone().unwrap_or_default(),
-            born_timestamp_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
-            body: Bytes::from(a.body.clone()),
-            delay_level: a.delay_level,
-            deliver_at_ms: a.deliver_at_ms.unwrap_or(0),
-            ..Default::default()
-        });
-        let (_, r): (Status, SendResult) = call_on(conn, &req, &[])?;
+    if let Some(key) = a.key {
+        message = message.with_key(key);
+    }
+    if let Some(at) = a.deliver_at_ms {
+        message = message.with_deliver_at_ms(at);
+    }
+    // One send at a time: each line reports a stored message, in send order.
+    for _ in 0..a.count {
+        let r = producer
+            .send(message.clone())
+            .map_err(|e| format!("cannot send to topic {}: {e}", a.topic))?;
         outln!(
             "msg_id={} broker={} queue={} offset={}",
             r.msg_id,
-            targets[t].0,
+            r.broker_name,
             r.queue_id,
             r.queue_offset
         )?;
     }
+    producer.shutdown();
     Ok(())
 }
