@@ -244,3 +244,78 @@ fn consume_queue_segments_go_once_their_messages_did_and_offsets_survive_a_resta
     assert_eq!(r.queue_offset, Some(200), "offsets are never reused");
     futures_lite::future::block_on(store.shutdown()).unwrap();
 }
+
+/// Puts `bodies` to queue ("mixed", 0) from shard `shard`'s own thread, so their records go to
+/// that shard's CommitLog whichever shard owns the queue; returns their queue offsets.
+fn put_from(store: &Store, shard: usize, bodies: std::ops::Range<u64>) -> Vec<u64> {
+    let s = store.clone();
+    let task = store.spawn_on(shard, move || async move {
+        let mut offsets = Vec::new();
+        for i in bodies {
+            let r = s
+                .put_message(MessageInput::new("mixed", 0, body(i)))
+                .await
+                .unwrap();
+            assert_eq!(r.shard, shard, "appended where it was put");
+            offsets.push(r.queue_offset.unwrap());
+        }
+        offsets
+    });
+    futures_lite::future::block_on(task).unwrap()
+}
+
+#[test]
+fn a_queue_whose_records_one_shard_deleted_moves_the_reader_on_instead_of_failing() {
+    // A queue holds records of both shards. Retention deletes shard 0's old segments but
+    // none of shard 1's, so the queue's minimum stops at shard 1's live entry, and entries
+    // of shard 0 past it point at deleted records.
+    let dir = tempfile::tempdir().unwrap();
+    let probe = Arc::new(FixedProbe::with_ratio(0.50));
+    let store = Store::open(StoreConfig {
+        usage_probe: Some(ProbeHandle(probe.clone())),
+        ..config(dir.path(), 2, FlushMode::Async)
+    })
+    .unwrap();
+    let first = put_from(&store, 0, 0..600);
+    let live = put_from(&store, 1, 600..601)[0];
+    let after = put_from(&store, 0, 601..1200);
+    assert_eq!((first[0], live, after[0]), (0, 600, 601));
+    probe.set_ratio(0.80);
+    for _ in 0..10 {
+        futures_lite::future::block_on(store.clean_now());
+    }
+    let get = |offset: u64, max_messages: u32| {
+        let req = GetRequest {
+            group: "g".into(),
+            topic: "mixed".into(),
+            queue_id: 0,
+            offset,
+            max_messages,
+            max_bytes: 1 << 20,
+            filter: TagFilter::parse("*"),
+        };
+        futures_lite::future::block_on(store.get_message(req)).unwrap()
+    };
+    let (min, _) = futures_lite::future::block_on(store.queue_offsets("mixed", 0)).unwrap();
+    assert_eq!(min, live, "the minimum stops at shard 1's live entry");
+    // From the live entry: it, and the answer ends at the first deleted record.
+    let r = get(live, 10);
+    assert_eq!(r.status, GetStatus::Found);
+    assert_eq!(r.messages.len(), 1);
+    assert_eq!(r.messages[0].message.body, body(600));
+    assert_eq!(r.next_begin_offset, live + 1);
+    // At a deleted record: OFFSET_TOO_SMALL with the first live offset after the run.
+    let r = get(live + 1, 10);
+    assert_eq!(r.status, GetStatus::OffsetTooSmall, "{r:?}");
+    let resume = r.next_begin_offset;
+    assert!(resume > live + 1 && resume < 1200, "{resume}");
+    let r = get(resume, 1);
+    assert_eq!(r.status, GetStatus::Found);
+    assert_eq!(r.messages[0].message.body, body(resume));
+    // Shard 0's first records are really gone.
+    assert!(matches!(
+        store.read_message_blocking(0, 0),
+        Err(ReadError::OffsetTooSmall { .. })
+    ));
+    futures_lite::future::block_on(store.shutdown()).unwrap();
+}

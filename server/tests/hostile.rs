@@ -72,6 +72,7 @@ fn pipelined_pulls_never_read_hold_a_bounded_answer_budget_and_die_with_their_co
         "[broker]\n\
          connection_out_max_bytes = 4194304\n\
          pull_bytes_max = 4194304\n\
+         shutdown_grace_ms = 3000\n\
          [store]\n\
          write_buffer_max_bytes = 8388608\n\
          tail_cache_bytes = 8388608\n\
@@ -160,6 +161,25 @@ fn pipelined_pulls_never_read_hold_a_bounded_answer_budget_and_die_with_their_co
         after <= bound,
         "RSS {after} after the client left, over {bound}"
     );
+
+    // Under the same flood (and a parked pull), a graceful stop keeps within its grace.
+    let mut again = TcpStream::connect(&addr).unwrap();
+    again.write_all(&pulls).unwrap();
+    let mut parked = TcpStream::connect(&addr).unwrap();
+    parked
+        .write_all(&pull("Pulled", 1024, 0).to_frame(1, false).to_bytes())
+        .unwrap();
+    eventually("the flood is being served", Duration::from_secs(10), || {
+        status_value(&mut admin, "requests_in_flight") > 1
+    });
+    let mut broker = broker;
+    let t = Instant::now();
+    let exit = broker.term();
+    let took = t.elapsed();
+    eprintln!("pull flood: SIGTERM to exit {took:?}");
+    assert!(exit.success(), "{exit:?}\n{}", broker.log_text());
+    assert!(took < Duration::from_secs(3 + 5), "stopping took {took:?}");
+    drop((again, parked));
 }
 
 #[test]

@@ -38,6 +38,8 @@ pub enum GetStatus {
     NoNewMsg,
     /// Messages were examined but none matched the filter; read on from `next_begin_offset`.
     NoMatchedMsg,
+    /// The offset is below the queue's minimum, or the records from it on were deleted by
+    /// retention: read on from `next_begin_offset` (the minimum, or the first live entry).
     OffsetTooSmall,
     /// The offset is the queue's max: nothing new yet (a pull parks here).
     OffsetOverflowOne,
@@ -373,14 +375,14 @@ impl ConsumeQueues {
         };
         // Retention drops cold blocks whole; entries at the front of the first one whose
         // records it deleted are found here, and the queue's minimum moves past them.
+        let min_of = |s: u16| {
+            reader
+                .shared
+                .get(s as usize)
+                .map_or(0, |l| l.min.load(Ordering::Acquire))
+        };
+        let gone = |e: &QueueEntry| !e.is_skip() && e.cl_offset < min_of(e.source);
         if let Some(entries) = &cold {
-            let min_of = |s: u16| {
-                reader
-                    .shared
-                    .get(s as usize)
-                    .map_or(0, |l| l.min.load(Ordering::Acquire))
-            };
-            let gone = |e: &QueueEntry| !e.is_skip() && e.cl_offset < min_of(e.source);
             if entries.first().is_some_and(|(_, e)| gone(e)) {
                 let lead = entries
                     .iter()
@@ -427,18 +429,34 @@ impl ConsumeQueues {
             let mut candidates: Vec<(u64, QueueEntry)> = Vec::new();
             let mut at = req.offset;
             let mut cold = cold.into_iter().flatten().peekable();
+            // A queue holds records of every source shard, and retention deletes each
+            // shard's oldest segments on its own: an entry past the queue's minimum may
+            // point at a record that is gone (the minimum stops at the first live entry).
+            // Gone entries at the start are stepped over and answered OFFSET_TOO_SMALL with
+            // the first live offset after them; one after live entries ends the answer.
+            let mut stepped_over_gone = false;
             while at < max && candidates.len() < want && at - req.offset < scan as u64 {
                 // Not in memory nor in what was read from the cold file: the next get goes on
                 // from here.
                 let Some(found) = entry_at(q, &mut cold, at) else {
                     break;
                 };
-                if let Some(e) =
-                    found.filter(|e| !e.is_skip() && req.filter.matches_hash(e.tag_hash))
-                {
-                    candidates.push((at, e));
+                if let Some(e) = found.filter(|e| !e.is_skip()) {
+                    if gone(&e) {
+                        if !candidates.is_empty() {
+                            break;
+                        }
+                        stepped_over_gone = true;
+                    } else if stepped_over_gone {
+                        break;
+                    } else if req.filter.matches_hash(e.tag_hash) {
+                        candidates.push((at, e));
+                    }
                 }
                 at += 1;
+            }
+            if stepped_over_gone {
+                return Ok(empty(GetStatus::OffsetTooSmall, at, min, max));
             }
             (min, max, candidates, at)
         };
@@ -461,7 +479,19 @@ impl ConsumeQueues {
             .collect();
         let reads = reader.read_many(&wants).await;
         for ((queue_offset, e), read) in take.iter().zip(reads) {
-            let message = read?;
+            let message = match read {
+                Ok(m) => m,
+                // Retention deleted the record since its entry was looked at: answer what
+                // came before it; a get at it steps over it (see above).
+                Err(ReadError::OffsetTooSmall { .. }) => {
+                    if messages.is_empty() {
+                        return Ok(empty(GetStatus::OffsetTooSmall, *queue_offset, min, max));
+                    }
+                    next = *queue_offset;
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             if !req.filter.matches_tags(message.tags()) {
                 continue;
             }
