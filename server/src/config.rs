@@ -106,6 +106,12 @@ pub struct NamesrvSettings {
     pub broker_ttl_ms: u64,
     /// How often silent brokers are looked for.
     pub scan_interval_ms: u64,
+    /// Connections served at once (a thread each); more are closed when accepted.
+    pub connections_max: usize,
+    /// A frame must arrive whole within this long of its first byte.
+    pub frame_timeout_ms: u64,
+    /// A connection with no request started this long is closed.
+    pub connection_idle_timeout_ms: u64,
 }
 
 impl Default for NamesrvSettings {
@@ -114,6 +120,9 @@ impl Default for NamesrvSettings {
             listen: "127.0.0.1:9876".parse().expect("a valid literal"),
             broker_ttl_ms: 120_000,
             scan_interval_ms: 10_000,
+            connections_max: 1024,
+            frame_timeout_ms: 30_000,
+            connection_idle_timeout_ms: 120_000,
         }
     }
 }
@@ -247,6 +256,15 @@ impl ServerConfig {
             ),
             ("namesrv.scan_interval_ms", self.namesrv.scan_interval_ms),
             ("namesrv.broker_ttl_ms", self.namesrv.broker_ttl_ms),
+            ("namesrv.frame_timeout_ms", self.namesrv.frame_timeout_ms),
+            (
+                "namesrv.connection_idle_timeout_ms",
+                self.namesrv.connection_idle_timeout_ms,
+            ),
+            (
+                "namesrv.connections_max",
+                self.namesrv.connections_max as u64,
+            ),
         ];
         if let Some((key, _)) = intervals.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{key} must be > 0")));

@@ -192,6 +192,9 @@ fn namesrv_config(c: &ServerConfig) -> NamesrvConfig {
         listen: c.namesrv.listen,
         broker_ttl: ms(c.namesrv.broker_ttl_ms),
         scan_interval: ms(c.namesrv.scan_interval_ms),
+        connections_max: c.namesrv.connections_max,
+        frame_timeout: ms(c.namesrv.frame_timeout_ms),
+        idle_timeout: ms(c.namesrv.connection_idle_timeout_ms),
     }
 }
 

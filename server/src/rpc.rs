@@ -29,10 +29,22 @@ pub fn read_frame(
     decoder: &FrameDecoder,
     buf: &mut BytesMut,
 ) -> Result<Option<Frame>, ReadFrameError> {
+    read_frame_with(stream, decoder, buf, |_| Ok(()))
+}
+
+/// [`read_frame`], calling `before_read` with what is buffered before every read (to set a
+/// deadline on the socket, say); its error ends the read.
+pub fn read_frame_with(
+    stream: &mut impl Read,
+    decoder: &FrameDecoder,
+    buf: &mut BytesMut,
+    mut before_read: impl FnMut(&BytesMut) -> std::io::Result<()>,
+) -> Result<Option<Frame>, ReadFrameError> {
     loop {
         if let Some(f) = decoder.decode(buf)? {
             return Ok(Some(f));
         }
+        before_read(buf)?;
         let want = match decoder.needed(buf)? {
             Some(total) => total - buf.len(),
             None => 4096,

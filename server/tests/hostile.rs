@@ -254,3 +254,61 @@ fn a_frame_never_finished_and_a_silent_connection_are_closed_after_their_timeout
     slow.read_exact(&mut answer)
         .expect("the slowly sent frame was answered");
 }
+
+#[test]
+fn the_nameserver_closes_half_sent_frames_and_silent_connections_and_caps_their_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = standalone(
+        dir.path(),
+        &[
+            "--set",
+            "namesrv.frame_timeout_ms=600",
+            "--set",
+            "namesrv.connection_idle_timeout_ms=1500",
+            "--set",
+            "namesrv.connections_max=8",
+        ],
+    );
+    let ns = broker.get("namesrv");
+    let closed_within = |s: &mut TcpStream, within: Duration| {
+        s.set_read_timeout(Some(within)).unwrap();
+        let t = Instant::now();
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) => t.elapsed(),
+            Ok(n) => panic!("the NameServer sent {n} bytes instead of closing"),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => t.elapsed(),
+            Err(e) => panic!("not closed within {within:?}: {e}"),
+        }
+    };
+    let frame = Request::GetBrokerStatus(Empty {})
+        .to_frame(1, false)
+        .to_bytes();
+    let mut half = TcpStream::connect(&ns).unwrap();
+    half.write_all(&frame[..10]).unwrap();
+    let waited = closed_within(&mut half, Duration::from_secs(10));
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed after {waited:?}"
+    );
+    let mut silent = TcpStream::connect(&ns).unwrap();
+    let waited = closed_within(&mut silent, Duration::from_secs(10));
+    assert!(
+        waited >= Duration::from_millis(1200),
+        "closed after {waited:?}"
+    );
+
+    // Past the cap a new connection is closed at once; the ones before it are served.
+    let held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&ns).unwrap()).collect();
+    let mut extra = TcpStream::connect(&ns).unwrap();
+    closed_within(&mut extra, Duration::from_secs(1));
+    drop(held);
+    eventually(
+        "the NameServer serves again",
+        Duration::from_secs(10),
+        || {
+            let (ok, out, _) = admin(&ns, &["cluster", "list"]);
+            ok && out.contains("broker-a")
+        },
+    );
+}

@@ -7,7 +7,7 @@ pub mod routes;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use shardmq_protocol::message::{Empty, NameList};
 use shardmq_protocol::{error_response, response, Frame, FrameDecoder, Request, Status};
 
-use crate::rpc::{read_frame, ReadFrameError};
+use crate::rpc::{read_frame_with, ReadFrameError};
 use routes::RouteTable;
 
 /// NameServer settings.
@@ -26,6 +26,12 @@ pub struct NamesrvConfig {
     pub broker_ttl: Duration,
     /// How often silent brokers are looked for.
     pub scan_interval: Duration,
+    /// Connections served at once; more are closed when accepted (a thread each).
+    pub connections_max: usize,
+    /// A frame must arrive whole within this long of its first byte.
+    pub frame_timeout: Duration,
+    /// A connection with no request started this long is closed.
+    pub idle_timeout: Duration,
 }
 
 pub struct NameServer {
@@ -59,15 +65,30 @@ impl NameServer {
             std::thread::Builder::new()
                 .name("namesrv-accept".into())
                 .spawn(move || {
+                    let open = Arc::new(AtomicUsize::new(0));
                     for conn in listener.incoming() {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
                         let Ok(conn) = conn else { continue };
-                        let table = table.clone();
-                        let _ = std::thread::Builder::new()
+                        if open.load(Ordering::Acquire) >= config.connections_max {
+                            tracing::warn!(
+                                max = config.connections_max,
+                                "NameServer connections at their cap: closing a new one"
+                            );
+                            continue;
+                        }
+                        open.fetch_add(1, Ordering::AcqRel);
+                        let (table, count, limits) = (table.clone(), open.clone(), config.clone());
+                        let spawned = std::thread::Builder::new()
                             .name("namesrv-conn".into())
-                            .spawn(move || serve(conn, &table));
+                            .spawn(move || {
+                                serve(conn, &table, &limits);
+                                count.fetch_sub(1, Ordering::AcqRel);
+                            });
+                        if spawned.is_err() {
+                            open.fetch_sub(1, Ordering::AcqRel);
+                        }
                     }
                 })?;
         }
@@ -92,17 +113,43 @@ fn lock(table: &Mutex<RouteTable>) -> std::sync::MutexGuard<'_, RouteTable> {
     table.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn serve(mut conn: TcpStream, table: &Mutex<RouteTable>) {
+fn serve(mut conn: TcpStream, table: &Mutex<RouteTable>, limits: &NamesrvConfig) {
     let peer = conn.peer_addr().ok();
     let _ = conn.set_nodelay(true);
+    let Ok(timer) = conn.try_clone() else { return };
     let decoder = FrameDecoder::default();
     let mut buf = BytesMut::new();
     loop {
-        let frame = match read_frame(&mut conn, &decoder, &mut buf) {
+        // The clock of the frame being read: its first byte, or the last answer.
+        let mut since = Instant::now();
+        let mut started = false;
+        let deadline = |buf: &BytesMut| {
+            if !buf.is_empty() && !started {
+                (since, started) = (Instant::now(), true);
+            }
+            let limit = if started {
+                limits.frame_timeout
+            } else {
+                limits.idle_timeout
+            };
+            let left = (since + limit).saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            timer.set_read_timeout(Some(left))
+        };
+        let frame = match read_frame_with(&mut conn, &decoder, &mut buf, deadline) {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(e) => {
-                if !matches!(e, ReadFrameError::Io(_)) {
+                if let ReadFrameError::Io(io) = &e {
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                    ) {
+                        tracing::info!(?peer, "closing an idle or stalled NameServer connection");
+                    }
+                } else {
                     tracing::info!(?peer, error = %e, "closing a NameServer connection");
                 }
                 return;
