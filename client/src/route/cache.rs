@@ -236,6 +236,7 @@ impl TopicRouteCache {
             }
         };
         if entry.write.is_empty() {
+            tracing::debug!(topic, "no master for a fallback route");
             return Err(ClientError::NoRoute {
                 topic: topic.to_string(),
             });
