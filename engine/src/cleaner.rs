@@ -30,8 +30,17 @@ pub async fn pass(shard: &Rc<Shard>) {
         Some(p) => p.0.usage(dir),
         None => StatvfsProbe.usage(dir),
     };
-    // An unknown disk use neither deletes data nor refuses puts.
-    let ratio = usage.map_or(f64::NAN, |u| u.ratio());
+    // An unknown disk use deletes nothing (NaN plans as Normal) and leaves the guard as it
+    // was: it must not count as "not full".
+    let reading = match usage {
+        Ok(u) => Some(u.ratio()),
+        Err(e) => {
+            tracing::warn!(shard = shard.id, error = %e,
+                "disk guard: cannot read the disk use; keeping the guard as it was");
+            None
+        }
+    };
+    let ratio = reading.unwrap_or(f64::NAN);
     let segments = match shard.cl.segment_times() {
         Ok(s) => s,
         Err(e) => {
@@ -55,7 +64,8 @@ pub async fn pass(shard: &Rc<Shard>) {
     // The delete hour is read in UTC (the engine has no time-zone database).
     let hour = ((now.as_secs() / 3600) % 24) as u8;
     let plan = retention::plan(now.as_millis() as i64, hour, ratio, &infos, cfg);
-    shard.set_disk_full(plan.refuse_puts.then_some(ratio));
+    let refuse = retention::guard_after(shard.disk_full(), reading, cfg);
+    shard.set_disk_full(refuse, ratio);
     if !plan.delete.is_empty() {
         tracing::info!(
             shard = shard.id, segments = plan.delete.len(), bytes = plan.freed_bytes,

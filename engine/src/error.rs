@@ -127,6 +127,19 @@ pub enum PutError {
          retention.disk_refuse_ratio); reads keep working"
     )]
     DiskFull { shard: usize, used_percent: u32 },
+    /// A log of the shard could not create its next segment for lack of space (ENOSPC, or
+    /// EDQUOT: `kind`). Nothing written is lost; the shard retries on its own and takes puts
+    /// again once space is freed. Same wire status as `DiskFull`.
+    #[error(
+        "shard {shard} refuses puts: no space for a new {log} segment ({reason}); it takes \
+         puts again on its own once space is freed; reads keep working"
+    )]
+    NoSpace {
+        shard: usize,
+        log: &'static str,
+        kind: io::ErrorKind,
+        reason: String,
+    },
     #[error("topic {topic:?} does not exist and auto-create is disabled")]
     TopicNotExist { topic: String },
     #[error("topic {topic:?} could not be auto-created: {reason}")]

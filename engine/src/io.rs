@@ -1,7 +1,8 @@
 //! The narrow file-I/O seam every CommitLog write, flush and read goes through.
 //!
 //! In production it is a thin wrapper over glommio's [`DmaFile`]. Tests attach a
-//! [`FaultPlan`] to inject faults (fail the Nth write or fdatasync, stall flushes) and to
+//! [`FaultPlan`] to inject faults (fail the Nth write or fdatasync, stall flushes, fail
+//! segment reservations with an errno such as ENOSPC) and to
 //! simulate a power cut: every write not covered by a completed `fdatasync` of its file is
 //! rolled back to the bytes it overwrote.
 
@@ -9,7 +10,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +25,9 @@ pub struct FaultPlan {
     pub fail_fsync_nth: AtomicU64,
     /// fdatasyncs after this many never complete until the plan is frozen (0: none stall).
     pub stall_fsync_after: AtomicU64,
+    /// While not 0, every segment reservation (`fallocate`) fails with this errno, e.g.
+    /// ENOSPC (28) for a full disk.
+    pub fallocate_errno: AtomicI32,
     /// Record pre-images so that `power_cut` can drop unsynced writes.
     pub track_power_cut: bool,
     writes: AtomicU64,
@@ -100,6 +104,13 @@ impl FaultPlan {
         self.frozen.load(Ordering::SeqCst)
     }
 
+    fn before_fallocate(&self) -> io::Result<()> {
+        match self.fallocate_errno.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            errno => Err(io::Error::from_raw_os_error(errno)),
+        }
+    }
+
     fn before_write(&self, path: &Path, pos: u64, len: usize) -> io::Result<Option<u64>> {
         if self.frozen() {
             return Err(injected("power cut (frozen)"));
@@ -172,6 +183,15 @@ impl FaultPlan {
                 .images
                 .retain(|i| !(i.path == path && i.completed.is_some_and(|c| c <= covered_upto)));
         }
+    }
+}
+
+/// glommio's error as the OS gave it (errno, hence kind and message), without glommio's
+/// repetition of the operation and path: callers say what they did to which file.
+pub(crate) fn os_error<T>(e: glommio::GlommioError<T>) -> io::Error {
+    match e {
+        glommio::GlommioError::EnhancedIoError { source, .. } => source,
+        other => other.into(),
     }
 }
 
@@ -261,12 +281,13 @@ impl SegmentFile {
             .map_err(|e| io::Error::other(e.to_string()))
     }
 
-    /// Reserves the file's blocks up to `size` (and sets its length).
+    /// Reserves the file's blocks up to `size` (and sets its length). The error keeps its
+    /// kind: a full disk (`StorageFull`) is waited out, other errors are not.
     pub async fn pre_allocate(&self, size: u64) -> io::Result<()> {
-        self.file
-            .pre_allocate(size, false)
-            .await
-            .map_err(|e| io::Error::other(e.to_string()))
+        if let Some(plan) = &self.plan {
+            plan.before_fallocate()?;
+        }
+        self.file.pre_allocate(size, false).await.map_err(os_error)
     }
 
     /// Closes every file no one else holds any more, now (see `close`); the others close

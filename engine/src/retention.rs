@@ -129,7 +129,8 @@ impl RetentionConfig {
     }
 
     /// Which threshold a disk use reaches. An unknown use (NaN) is `Normal`: a failed probe
-    /// neither deletes data nor refuses puts (the engine logs it).
+    /// deletes no data (the engine logs it; the put guard keeps its state, see
+    /// [`guard_after`]).
     pub fn disk_level(&self, usage_ratio: f64) -> DiskLevel {
         if usage_ratio >= self.disk_refuse_ratio {
             DiskLevel::Refuse
@@ -248,6 +249,20 @@ impl FixedProbe {
 impl UsageProbe for FixedProbe {
     fn usage(&self, _path: &Path) -> io::Result<DiskUsage> {
         (*self.lock()).map_err(io::Error::from)
+    }
+}
+
+/// The disk guard after a pass: `Some(disk use)` while puts are refused. `reading` is the
+/// disk use this pass read, `None` if the probe failed: an unknown use keeps the guard as it
+/// was (`previous`), since counting it as "not full" would let puts in on a full disk.
+pub fn guard_after(
+    previous: Option<f64>,
+    reading: Option<f64>,
+    cfg: &RetentionConfig,
+) -> Option<f64> {
+    match reading {
+        None => previous,
+        Some(ratio) => (cfg.disk_level(ratio) == DiskLevel::Refuse).then_some(ratio),
     }
 }
 
@@ -598,6 +613,26 @@ mod tests {
             (one.delete.len(), one.reason, one.refuse_puts),
             (0, None, true)
         );
+    }
+
+    #[test]
+    fn a_failed_disk_reading_keeps_the_guard_as_it_was() {
+        let c = cfg();
+        assert_eq!(guard_after(None, Some(0.95), &c), Some(0.95));
+        assert_eq!(guard_after(Some(0.95), Some(0.5), &c), None);
+        // The probe failed: a refusing guard goes on refusing, an open one stays open.
+        assert_eq!(guard_after(Some(0.95), None, &c), Some(0.95));
+        assert_eq!(guard_after(None, None, &c), None);
+        // With every ratio at 1.0, only a full disk refuses.
+        let full = RetentionConfig {
+            disk_warn_ratio: 1.0,
+            disk_force_ratio: 1.0,
+            disk_refuse_ratio: 1.0,
+            ..cfg()
+        };
+        assert_eq!(guard_after(None, Some(0.999), &full), None);
+        assert_eq!(guard_after(None, Some(1.0), &full), Some(1.0));
+        assert_eq!(guard_after(Some(1.0), None, &full), Some(1.0));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::dispatch::{
 use crate::error::PutError;
 use crate::filter::tag_hash;
 use crate::log::recovery::SealedPolicy;
-use crate::log::{FlushPolicy, Log, LogSpec};
+use crate::log::{FlushPolicy, Log, LogSpec, NoSpace};
 use crate::meta::{queue_shard, FnvBuild};
 use crate::oneshot;
 use crate::record::{self, encoded_len, MessageInput, StoreStamp};
@@ -279,18 +279,46 @@ impl Shard {
                     shard: self.id,
                     used_percent: (ratio * 100.0).floor() as u32,
                 }),
-                None => Ok(()),
+                None => self.space_check(),
             },
         }
     }
 
-    /// Set by the cleaner: `Some(disk use)` refuses puts until it is cleared.
-    pub(crate) fn set_disk_full(&self, ratio: Option<f64>) {
+    /// Refuses puts while either log waits for space for a new segment: what is accepted
+    /// would only wait behind it (and, for the ConsumeQueue log, grow its memory).
+    fn space_check(&self) -> Result<(), PutError> {
+        let waiting = self.cl.no_space().or_else(|| self.cqs.cq.no_space());
+        match waiting {
+            Some(n) => Err(PutError::NoSpace {
+                shard: self.id,
+                log: n.log,
+                kind: n.kind,
+                reason: n.reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Set by the cleaner: `Some(disk use)` refuses puts until it is cleared. `reading` is
+    /// the disk use this pass read, for the log.
+    pub(crate) fn set_disk_full(&self, ratio: Option<f64>, reading: f64) {
         if ratio.is_some() != self.disk_full.get().is_some() {
-            tracing::warn!(shard = self.id, disk_used = ?ratio, "disk guard: puts {}",
-                if ratio.is_some() { "refused" } else { "accepted again" });
+            tracing::warn!(
+                shard = self.id,
+                disk_used = reading,
+                "disk guard: puts {}",
+                if ratio.is_some() {
+                    "refused"
+                } else {
+                    "accepted again"
+                }
+            );
         }
         self.disk_full.set(ratio);
+    }
+
+    pub(crate) fn disk_full(&self) -> Option<f64> {
+        self.disk_full.get()
     }
 
     /// Validates a put and returns its encoded sizes.
@@ -759,8 +787,30 @@ impl Shard {
             shard: self.id,
             reason,
         };
+        self.fail_pending_from(0, err);
+    }
+
+    /// Shutdown gave up on the records waiting for space (they will never be written): their
+    /// puts are refused, their offsets given back. Those written go on as usual.
+    fn fail_unwritten(&self, no_space: NoSpace) {
+        let written = self.cl.written();
+        let first = self.pending.borrow().partition_point(|p| p.end <= written);
+        let unwritten = self.pending.borrow().len() - first;
+        tracing::warn!(shard = self.id, records = unwritten, reason = %no_space.reason,
+            "shutdown: records waiting for space are dropped, their puts refused");
+        let err = PutError::NoSpace {
+            shard: self.id,
+            log: no_space.log,
+            kind: no_space.kind,
+            reason: no_space.reason,
+        };
+        self.fail_pending_from(first, err);
+    }
+
+    /// Fails the pending puts from index `first` on and gives their offsets back.
+    fn fail_pending_from(&self, first: usize, err: PutError) {
         let mut slots = Vec::new();
-        for p in self.pending.borrow_mut().drain(..) {
+        for p in self.pending.borrow_mut().drain(first..) {
             if let Some(reply) = p.reply {
                 reply.fail(err.clone());
             }
@@ -803,9 +853,16 @@ impl Shard {
         }
         let end = self.cl.append_offset();
         self.cl.kick();
-        self.cl.wait_until(|log| log.written() >= end).await;
+        let written = self.cl.wait_written(end).await;
         if let Some(e) = self.log_down() {
             return Err(e.to_string());
+        }
+        if !written {
+            // Waiting for space: the delete fails now and is retried, rather than hang.
+            return Err(self.space_check().err().map_or_else(
+                || "the CommitLog stopped before it was written".into(),
+                |e| e.to_string(),
+            ));
         }
         if self.cl.flushed() < end {
             self.cl
@@ -833,10 +890,14 @@ impl Shard {
         let end = self
             .cqs
             .drop_topic(&drop.topic, drop.generation, &drop.upto);
-        cq.wait_until(|log| log.written() >= end).await;
+        let written = cq.wait_written(end).await;
         let flushed = match cq.failure() {
             Some(reason) => Err(reason),
-            None if cq.written() < end => Err("the shard is stopping".into()),
+            None if !written && cq.waiting_for_space() => Err(format!(
+                "its ConsumeQueue log waits for space: {}",
+                cq.no_space().map(|n| n.reason).unwrap_or_default()
+            )),
+            None if !written => Err("the shard is stopping".into()),
             None => cq
                 .flush_once()
                 .await
@@ -856,8 +917,9 @@ impl Shard {
             }
             self.staged_event.wait_past(generation).await;
         }
-        self.cl.kick();
-        self.cl.drain().await?;
+        if let Some(no_space) = self.cl.drain_for_shutdown().await? {
+            self.fail_unwritten(no_space);
+        }
         self.cl
             .flush_once()
             .await
@@ -877,7 +939,11 @@ impl Shard {
             self.intake_idle.wait_past(generation).await;
         }
         let cq = &self.cqs.cq;
-        cq.drain().await?;
+        if let Some(no_space) = cq.drain_for_shutdown().await? {
+            // An index: the next open rebuilds what is missing from the CommitLogs.
+            tracing::warn!(shard = self.id, reason = %no_space.reason,
+                "shutdown: ConsumeQueue entries left unwritten for lack of space; the next open rebuilds them");
+        }
         cq.flush_once()
             .await
             .map_err(|_| cq.failure().unwrap_or_default())?;

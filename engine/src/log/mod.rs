@@ -45,6 +45,22 @@ pub enum FlushPolicy {
     },
 }
 
+/// The writer waits for space: the segment starting at `base` could not be created because
+/// the disk (or the user's quota) is full. Nothing written is lost; appends wait, and the
+/// shard refuses new puts until the creation succeeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoSpace {
+    /// The log's name (`commitlog`, `consumequeue`).
+    pub log: &'static str,
+    pub base: u64,
+    /// `StorageFull` (ENOSPC) or `QuotaExceeded` (EDQUOT).
+    pub kind: std::io::ErrorKind,
+    pub reason: String,
+}
+
+/// How often the writer checks for space again while it waits for it.
+const SPACE_RETRY: Duration = Duration::from_millis(250);
+
 /// Everything a log needs to know about itself.
 #[derive(Clone)]
 pub struct LogSpec {
@@ -96,6 +112,11 @@ pub struct Log {
     flushed: Cell<u64>,
     failed: RefCell<Option<String>>,
     stopping: Cell<bool>,
+    /// Set while the writer waits for space for a new segment.
+    no_space: RefCell<Option<NoSpace>>,
+    /// Shutdown began: if the writer waits for space, shutdown gives up on what waits for
+    /// it, so the writer must never write that any more.
+    closing: Cell<bool>,
     pub(crate) writer_wake: LocalEvent,
     /// Notified when `written` or `flushed` advance, and on failure or stop.
     pub progress: LocalEvent,
@@ -179,6 +200,8 @@ impl Log {
             flushed: Cell::new(end),
             failed: RefCell::new(None),
             stopping: Cell::new(false),
+            no_space: RefCell::new(None),
+            closing: Cell::new(false),
             writer_wake: LocalEvent::default(),
             progress: LocalEvent::default(),
             shared,
@@ -232,6 +255,15 @@ impl Log {
 
     pub fn failure(&self) -> Option<String> {
         self.failed.borrow().clone()
+    }
+
+    /// Why the writer waits for space, while it does.
+    pub fn no_space(&self) -> Option<NoSpace> {
+        self.no_space.borrow().clone()
+    }
+
+    pub fn waiting_for_space(&self) -> bool {
+        self.no_space.borrow().is_some()
     }
 
     /// Whether `bytes` more fit the write buffer now.
@@ -396,23 +428,62 @@ impl Log {
         }
     }
 
-    /// Waits until `bytes` more fit the write buffer (see `has_room`) or the log stops.
+    /// Waits until `bytes` more fit the write buffer (see `has_room`), the log stops, or it
+    /// waits for space: room may then never come, and the caller's put is refused instead
+    /// (what was accepted before bounds what is appended meanwhile).
     pub async fn wait_for_room(&self, bytes: usize) {
-        self.wait_until(|log| log.has_room(bytes)).await
+        self.wait_until(|log| log.has_room(bytes) || log.waiting_for_space())
+            .await
     }
 
-    /// Waits until everything appended is written; an error if the log failed or stopped.
+    /// Waits until everything below `target` is written; false if the log stopped or waits
+    /// for space first (the caller cannot count on those bytes now).
+    pub async fn wait_written(&self, target: u64) -> bool {
+        self.wait_until(|log| log.written() >= target || log.waiting_for_space())
+            .await;
+        self.written() >= target
+    }
+
+    /// Waits until everything appended is written; an error if the log failed, stopped, or
+    /// waits for space.
     pub async fn drain(&self) -> Result<(), String> {
-        let drained = |log: &Log| log.written() == log.append_offset();
-        self.wait_until(drained).await;
-        match self.failure() {
-            Some(reason) => Err(reason),
-            None if drained(self) => Ok(()),
-            None => Err(format!(
+        if self.wait_written(self.append_offset()).await {
+            return Ok(());
+        }
+        Err(self.why_not_written())
+    }
+
+    /// Shutdown's drain: waits until everything appended is written, but not for space that
+    /// may never come. If the writer waits for space, it gives up on what is unwritten (it
+    /// will never write it: the caller answers the puts waiting for it) and says why.
+    pub async fn drain_for_shutdown(&self) -> Result<Option<NoSpace>, String> {
+        self.closing.set(true);
+        self.kick();
+        if self.wait_written(self.append_offset()).await {
+            return Ok(None);
+        }
+        match self.no_space() {
+            Some(no_space) if self.failure().is_none() => Ok(Some(no_space)),
+            _ => Err(self.why_not_written()),
+        }
+    }
+
+    fn why_not_written(&self) -> String {
+        if let Some(reason) = self.failure() {
+            return reason;
+        }
+        match self.no_space() {
+            Some(n) => format!(
+                "{} of shard {} waits for space for a new segment: {}",
+                n.log,
+                self.shard(),
+                n.reason
+            ),
+            None => format!(
                 "{} of shard {} stopped before it drained",
                 self.spec.name,
                 self.shard()
-            )),
+            ),
         }
     }
 
@@ -628,12 +699,8 @@ async fn writer_loop(log: Rc<Log>) {
             current = op.segment_base;
             prepare_next(&log, current);
         }
-        let file = match segment_file(&log, op.segment_base).await {
-            Ok(f) => f,
-            Err(e) => {
-                log.fail(format!("cannot create segment {}: {e}", op.segment_base));
-                return;
-            }
+        let Some(file) = segment_or_wait(&log, op.segment_base).await else {
+            return;
         };
         log.writes_running.set(log.writes_running.get() + 1);
         glommio::spawn_local(write_one(log.clone(), file, op)).detach();
@@ -673,6 +740,64 @@ async fn write_op(log: &Rc<Log>, file: &Rc<SegmentFile>, op: writer::WriteOp<Dma
     }
 }
 
+/// The segment starting at `base`, waiting for space as long as the disk is full (and the log
+/// neither stops nor is shut down while waiting). `None`: the writer must end (the log
+/// failed, stopped, or gave up at shutdown).
+async fn segment_or_wait(log: &Rc<Log>, base: u64) -> Option<Rc<SegmentFile>> {
+    loop {
+        match segment_file(log, base).await {
+            // Shutdown may have answered the puts waiting for this segment: write nothing.
+            Ok(_) if log.waiting_for_space() && log.closing.get() => return None,
+            Ok(file) => {
+                log.space_back();
+                return Some(file);
+            }
+            Err(_) if log.stopped() => return None,
+            Err(e) if segment::is_out_of_space(&e) => {
+                log.mark_no_space(base, &e);
+                if log.closing.get() {
+                    return None;
+                }
+                glommio::timer::sleep(SPACE_RETRY).await;
+            }
+            Err(e) => {
+                log.fail(format!("cannot create segment {base}: {e}"));
+                return None;
+            }
+        }
+    }
+}
+
+impl Log {
+    /// Creating segment `base` failed for lack of space: puts are refused from now on (the
+    /// shard reads `waiting_for_space`); said once, until space is back.
+    fn mark_no_space(&self, base: u64, e: &std::io::Error) {
+        if self.no_space.borrow().is_none() {
+            tracing::warn!(shard = self.spec.shard, log = self.spec.name, base, error = %e,
+                "no space for a new segment: puts refused until space is freed; retrying");
+        }
+        *self.no_space.borrow_mut() = Some(NoSpace {
+            log: self.spec.name,
+            base,
+            kind: e.kind(),
+            reason: e.to_string(),
+        });
+        // Wakes whoever waits for room, a drain or a write: they must not wait for space.
+        self.progress.notify();
+    }
+
+    fn space_back(&self) {
+        if self.no_space.take().is_some() {
+            tracing::warn!(
+                shard = self.spec.shard,
+                log = self.spec.name,
+                "space for a new segment again: puts accepted again"
+            );
+            self.progress.notify();
+        }
+    }
+}
+
 /// Creates the segment after `base` in the background, so a roll rarely waits for it.
 fn prepare_next(log: &Rc<Log>, base: u64) {
     let me = log.clone();
@@ -685,6 +810,9 @@ fn prepare_next(log: &Rc<Log>, base: u64) {
 }
 
 /// The segment starting at `base`, created (preallocated, name made durable) once if missing.
+/// Not attempted while the file system shows less room than a segment: a `fallocate` that
+/// fails takes all the free space before it gives it back, so the disk would look full to
+/// everyone meanwhile (the other log's segments, checkpoints, the disk guard's reading).
 async fn segment_file(log: &Rc<Log>, base: u64) -> std::io::Result<Rc<SegmentFile>> {
     loop {
         if let Some(f) = log.segments.borrow().get(&base) {
@@ -698,6 +826,7 @@ async fn segment_file(log: &Rc<Log>, base: u64) -> std::io::Result<Rc<SegmentFil
             log.segment_ready.wait_past(generation).await;
             continue;
         }
+        segment::room_for(&log.spec.dir, log.spec.segment_bytes)?;
         log.creating.borrow_mut().insert(base);
         let plan = log.spec.plan.clone();
         let mut created =

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use glommio::io::OpenOptions;
 
 use crate::error::RecoveryError;
-use crate::io::{FaultPlan, SegmentFile};
+use crate::io::{os_error, FaultPlan, SegmentFile};
 use crate::meta::write_atomic;
 
 pub const CHECKPOINT_FILE: &str = "checkpoint";
@@ -61,7 +61,12 @@ pub async fn open_segment(path: &Path, plan: Option<Arc<FaultPlan>>) -> io::Resu
 }
 
 /// Creates a segment and reserves its full size (`fallocate`). The caller makes the new name
-/// durable (`sync_dir`) before writing records into it.
+/// durable (`sync_dir`) before writing records into it. Errors keep their `io::ErrorKind`, so
+/// that the caller can tell a full disk (`StorageFull`, `QuotaExceeded`) from the rest.
+///
+/// On failure the file is removed: a failed `fallocate` may have reserved part of the size,
+/// space a full disk needs back, and a short segment left behind would make the next open
+/// finish its reservation (and fail there while the disk is still full).
 pub async fn create_segment(
     dir: &Path,
     base: u64,
@@ -75,11 +80,51 @@ pub async fn create_segment(
         .create(true)
         .dma_open(&path)
         .await
-        .map_err(|e| io::Error::other(format!("create {}: {e}", path.display())))?;
-    file.pre_allocate(size, false)
-        .await
-        .map_err(|e| io::Error::other(format!("fallocate {}: {e}", path.display())))?;
-    Ok(SegmentFile::new(file, path, plan))
+        .map_err(|e| with_context("create", &path, os_error(e)))?;
+    let file = SegmentFile::new(file, path, plan);
+    match file.pre_allocate(size).await {
+        Ok(()) => Ok(file),
+        Err(e) => {
+            let path = file.path().to_path_buf();
+            file.close().await;
+            // One unlink of a file nothing points at yet: cheap enough to run inline.
+            if let Err(rm) = std::fs::remove_file(&path) {
+                tracing::warn!(path = %path.display(), error = %rm, "cannot remove a segment whose creation failed");
+            }
+            Err(with_context("fallocate", &path, e))
+        }
+    }
+}
+
+/// `e` with what was done to which file, keeping its kind.
+fn with_context(what: &str, path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+/// `Ok` unless the file system holding `dir` shows (as `df` does: space an unprivileged
+/// writer may use) less than `bytes` available; then a `StorageFull` error. A failed reading
+/// is `Ok`: `fallocate` decides.
+pub fn room_for(dir: &Path, bytes: u64) -> io::Result<()> {
+    use crate::retention::{StatvfsProbe, UsageProbe};
+    match StatvfsProbe.usage(dir) {
+        Ok(u) if u.available_bytes < bytes => Err(io::Error::new(
+            io::ErrorKind::StorageFull,
+            format!(
+                "{}: only {} bytes available, a segment needs {bytes}",
+                dir.display(),
+                u.available_bytes
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `e` says the disk (or the user's quota) is full: waiting for space may cure it.
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
 }
 
 /// The shard's checkpoint: every byte below `flushed_offset` was covered by an fdatasync.
@@ -127,6 +172,34 @@ mod tests {
         assert_eq!(parse_segment_name("00000000001073741824"), Some(1 << 30));
         assert_eq!(parse_segment_name("0000000000107374182x"), None);
         assert_eq!(parse_segment_name("123"), None);
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart_from_other_errors() {
+        let enospc = io::Error::from_raw_os_error(28);
+        assert!(is_out_of_space(&enospc));
+        assert!(is_out_of_space(&io::Error::from_raw_os_error(122))); // EDQUOT
+                                                                      // The context added on the way up keeps the kind.
+        assert!(is_out_of_space(&with_context(
+            "fallocate",
+            Path::new("/x"),
+            enospc
+        )));
+        assert!(!is_out_of_space(&io::Error::from_raw_os_error(5))); // EIO
+        assert!(!is_out_of_space(&io::Error::other(
+            "No space left on device"
+        )));
+    }
+
+    #[test]
+    fn no_attempt_without_room_for_a_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(room_for(dir.path(), 4096).is_ok());
+        let err = room_for(dir.path(), u64::MAX).unwrap_err();
+        assert!(is_out_of_space(&err), "{err}");
+        assert!(err.to_string().contains("bytes available"), "{err}");
+        // No reading (no such directory): let the creation decide.
+        assert!(room_for(&dir.path().join("missing"), u64::MAX).is_ok());
     }
 
     #[test]

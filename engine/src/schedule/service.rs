@@ -193,6 +193,7 @@ fn put(weak: &WeakStore, fetched: Result<MessageInput, Outcome>) -> PutOutcome {
                 | PutError::ShuttingDown
                 | PutError::ShardFailed { .. }
                 | PutError::DiskFull { .. }
+                | PutError::NoSpace { .. }
                 | PutError::TopicDeleting { .. }),
             ) => {
                 tracing::debug!(error = %e, "delivery of a delayed message deferred");

@@ -95,9 +95,10 @@ pub fn put_refusal(e: &PutError) -> Refusal {
     let status = match e {
         PutError::MessageIllegal(_) | PutError::MessageTooLarge { .. } => Status::MessageIllegal,
         PutError::Busy { .. } => Status::SystemBusy,
-        PutError::ShardFailed { .. } | PutError::ShuttingDown | PutError::DiskFull { .. } => {
-            Status::ServiceNotAvailable
-        }
+        PutError::ShardFailed { .. }
+        | PutError::ShuttingDown
+        | PutError::DiskFull { .. }
+        | PutError::NoSpace { .. } => Status::ServiceNotAvailable,
         PutError::BlockingOnShard => Status::SystemError,
         PutError::TopicNotExist { .. } => Status::TopicNotExist,
         PutError::TopicNotCreated { .. } => Status::SystemError,
@@ -125,6 +126,27 @@ pub fn read_refusal(e: &ReadError) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_has_one_status_whichever_guard_saw_it() {
+        let ratio = put_refusal(&PutError::DiskFull {
+            shard: 0,
+            used_percent: 95,
+        });
+        let enospc = put_refusal(&PutError::NoSpace {
+            shard: 1,
+            log: "commitlog",
+            kind: std::io::ErrorKind::StorageFull,
+            reason: "fallocate x: No space left on device (os error 28)".into(),
+        });
+        assert_eq!(ratio.status, enospc.status);
+        assert!(enospc.remark.contains("No space left"), "{}", enospc.remark);
+        assert!(
+            enospc.remark.contains("once space is freed"),
+            "{}",
+            enospc.remark
+        );
+    }
 
     #[test]
     fn bad_sends_get_a_specific_refusal() {
