@@ -90,6 +90,7 @@ pub fn is_retryable_status(status: Status) -> bool {
         Status::SystemError
             | Status::SystemBusy
             | Status::ServiceNotAvailable
+            | Status::DiskFull
             | Status::FlushDiskTimeout
             | Status::FlushSlaveTimeout
             | Status::SlaveNotAvailable

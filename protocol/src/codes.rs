@@ -104,6 +104,10 @@ wire_enum! {
         MessageIllegal = 13,
         /// The broker is starting, stopping, or its store stopped taking writes.
         ServiceNotAvailable = 14,
+        /// The broker's disk is full (past the disk guard's refuse ratio, or no space for a
+        /// new segment): puts are refused, reads keep working, and puts are taken again on
+        /// their own once space returns. Retry on another broker, or later.
+        DiskFull = 15,
         /// The topic (or broker) does not allow this read or write.
         NoPermission = 16,
         TopicNotExist = 17,

@@ -197,7 +197,12 @@ fn on_answer(
         Err(e) => {
             {
                 let mut fault = lock(&core.fault);
-                if e.is_transport() || e.status() == Some(Status::ServiceNotAvailable) {
+                if e.is_transport()
+                    || matches!(
+                        e.status(),
+                        Some(Status::ServiceNotAvailable | Status::DiskFull)
+                    )
+                {
                     fault.record_failure(broker, now);
                 } else {
                     fault.update(broker, now - started, now);

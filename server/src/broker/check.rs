@@ -95,10 +95,8 @@ pub fn put_refusal(e: &PutError) -> Refusal {
     let status = match e {
         PutError::MessageIllegal(_) | PutError::MessageTooLarge { .. } => Status::MessageIllegal,
         PutError::Busy { .. } => Status::SystemBusy,
-        PutError::ShardFailed { .. }
-        | PutError::ShuttingDown
-        | PutError::DiskFull { .. }
-        | PutError::NoSpace { .. } => Status::ServiceNotAvailable,
+        PutError::ShardFailed { .. } | PutError::ShuttingDown => Status::ServiceNotAvailable,
+        PutError::DiskFull { .. } | PutError::NoSpace { .. } => Status::DiskFull,
         PutError::BlockingOnShard => Status::SystemError,
         PutError::TopicNotExist { .. } => Status::TopicNotExist,
         PutError::TopicNotCreated { .. } => Status::SystemError,
@@ -139,7 +137,10 @@ mod tests {
             kind: std::io::ErrorKind::StorageFull,
             reason: "fallocate x: No space left on device (os error 28)".into(),
         });
-        assert_eq!(ratio.status, enospc.status);
+        assert_eq!(
+            (ratio.status, enospc.status),
+            (Status::DiskFull, Status::DiskFull)
+        );
         assert!(enospc.remark.contains("No space left"), "{}", enospc.remark);
         assert!(
             enospc.remark.contains("once space is freed"),
