@@ -36,6 +36,7 @@ use shardmq_protocol::{error_response, Frame, FrameDecoder, Header, Status};
 
 use super::budget::{Answers, Budget};
 use super::clients::ClientChannel;
+use super::closing::{Closing, WaitClosed};
 use super::{handler, Broker};
 
 /// Answers smaller than this are copied into one buffer with their neighbours and written
@@ -111,32 +112,23 @@ struct Conn {
     in_flight: Cell<usize>,
     /// Wakes the close sequence when the last request task ends.
     task_ended: LocalEvent,
-    closed: Cell<bool>,
-    closing: LocalEvent,
+    closing: Closing,
     /// When a byte last moved either way (or a served request showed the client waits).
     last_progress: Cell<Instant>,
 }
 
 impl Conn {
     fn close(&self) {
-        if !self.closed.replace(true) {
-            self.closing.notify();
-        }
+        self.closing.close();
     }
 
-    async fn wait_closed(&self) {
-        loop {
-            let generation = self.closing.generation();
-            if self.closed.get() {
-                return;
-            }
-            self.closing.wait_past(generation).await;
-        }
+    fn wait_closed(&self) -> WaitClosed<'_> {
+        self.closing.wait()
     }
 
     /// Queues an answer for the writer.
     fn answer(&self, b: Bytes) {
-        if self.closed.get() {
+        if self.closing.is_closed() {
             return;
         }
         let n = b.len();
@@ -212,8 +204,7 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
         out: tx,
         in_flight: Cell::new(0),
         task_ended: LocalEvent::default(),
-        closed: Cell::new(false),
-        closing: LocalEvent::default(),
+        closing: Closing::default(),
         last_progress: Cell::new(Instant::now()),
     });
     let writer = glommio::spawn_local(write_loop(conn.clone(), wr, rx, push_rx));
@@ -360,7 +351,7 @@ async fn watch(conn: &Conn, frame_deadline: Option<Instant>, idle_timeout: Durat
 /// Why `watch` resolved.
 fn why(conn: &Conn, frame_deadline: Option<Instant>, idle_timeout: Duration) -> End {
     let now = Instant::now();
-    if conn.closed.get() {
+    if conn.closing.is_closed() {
         End::Closed
     } else if frame_deadline.is_some_and(|d| now >= d) {
         End::FrameTimeout

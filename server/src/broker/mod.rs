@@ -5,6 +5,7 @@
 pub mod budget;
 pub mod check;
 pub mod clients;
+mod closing;
 pub mod conn;
 mod exporter;
 pub mod handler;
