@@ -115,6 +115,11 @@ struct Conn {
     closing: Closing,
     /// When a byte last moved either way (or a served request showed the client waits).
     last_progress: Cell<Instant>,
+    /// When the first byte of the frame now partly read arrived (none while the read loop
+    /// pauses for answers to drain).
+    frame_started: Cell<Option<Instant>>,
+    /// Why the watchdog closed the connection.
+    end: Cell<Option<End>>,
 }
 
 impl Conn {
@@ -206,8 +211,11 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
         task_ended: LocalEvent::default(),
         closing: Closing::default(),
         last_progress: Cell::new(Instant::now()),
+        frame_started: Cell::new(None),
+        end: Cell::new(None),
     });
     let writer = glommio::spawn_local(write_loop(conn.clone(), wr, rx, push_rx));
+    glommio::spawn_local(watchdog(conn.clone())).detach();
     let end = read_loop(&conn, rd).await;
     if matches!(end, End::FrameTimeout | End::Idle) {
         tracing::info!(%peer, reason = ?end, "closing a connection");
@@ -238,13 +246,8 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
 
 /// Decodes and dispatches frames until the connection ends; says why.
 async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
-    let settings = &conn.broker.settings;
-    let frame_timeout = Duration::from_millis(settings.frame_timeout_ms);
-    let idle_timeout = Duration::from_millis(settings.connection_idle_timeout_ms);
-    let decoder = FrameDecoder::new(settings.frame_max_bytes);
+    let decoder = FrameDecoder::new(conn.broker.settings.frame_max_bytes);
     let mut buf = BytesMut::with_capacity(64 << 10);
-    // When the first byte of the frame now partly in `buf` arrived.
-    let mut frame_started: Option<Instant> = None;
     loop {
         let mut decoded = false;
         loop {
@@ -267,26 +270,30 @@ async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
                 }
             }
         }
+        // The frame clock (the watchdog's): from the first byte of a frame still partial.
         if buf.is_empty() {
-            frame_started = None;
-        } else if decoded || frame_started.is_none() {
-            frame_started = Some(Instant::now());
+            conn.frame_started.set(None);
+        } else if decoded || conn.frame_started.get().is_none() {
+            conn.frame_started.set(Some(Instant::now()));
         }
         // Answers the client has not taken yet: read no more requests until they drain.
         if conn.ctx.answers.conn.over() {
+            // The pause is ours, not the client's: the frame clock stops meanwhile.
+            let paused = conn.frame_started.take().is_some();
             let drained = async {
                 conn.ctx.answers.conn.wait_within().await;
                 true
             };
-            let ended = async {
-                watch(conn, None, idle_timeout).await;
+            let closed = async {
+                conn.wait_closed().await;
                 false
             };
-            if !futures_lite::future::or(drained, ended).await {
-                return why(conn, None, idle_timeout);
+            if !futures_lite::future::or(drained, closed).await {
+                return conn.end.get().unwrap_or(End::Closed);
             }
-            // The pause was ours: the frame's clock starts again.
-            frame_started = frame_started.map(|_| Instant::now());
+            if paused {
+                conn.frame_started.set(Some(Instant::now()));
+            }
             continue;
         }
         let want = match decoder.needed(&buf) {
@@ -296,23 +303,17 @@ async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
         };
         let at = buf.len();
         buf.resize(at + want.min(1 << 20), 0);
-        let deadline = frame_started.map(|t| t + frame_timeout);
         let read = async {
             // A read error ends the connection like an end of stream does.
             Some(rd.read(&mut buf[at..]).await.unwrap_or_default())
         };
         let outcome = futures_lite::future::or(read, async {
-            watch(conn, deadline, idle_timeout).await;
+            conn.wait_closed().await;
             None
         })
         .await;
-        let n = match outcome {
-            Some(n) => n,
-            None => {
-                buf.truncate(at);
-                // `watch` returned: closed or a timeout; it said which through `why`.
-                return why(conn, deadline, idle_timeout);
-            }
+        let Some(n) = outcome else {
+            return conn.end.get().unwrap_or(End::Closed);
         };
         buf.truncate(at + n);
         if n == 0 {
@@ -322,42 +323,45 @@ async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
     }
 }
 
-/// Resolves when the connection must end: it was closed, its current frame is past
-/// `frame_deadline`, or it has been idle for `idle_timeout`.
-async fn watch(conn: &Conn, frame_deadline: Option<Instant>, idle_timeout: Duration) {
-    let timers = async {
-        loop {
-            let now = Instant::now();
-            if frame_deadline.is_some_and(|d| now >= d) {
+/// Closes the connection when its current frame is past `frame_timeout_ms` or it has been
+/// idle for `connection_idle_timeout_ms`, saying why in `conn.end`. One timer per
+/// connection, re-armed only when it fires (not per read).
+async fn watchdog(conn: Rc<Conn>) {
+    let settings = &conn.broker.settings;
+    let frame_timeout = Duration::from_millis(settings.frame_timeout_ms);
+    let idle_timeout = Duration::from_millis(settings.connection_idle_timeout_ms);
+    loop {
+        let now = Instant::now();
+        let frame_deadline = conn.frame_started.get().map(|t| t + frame_timeout);
+        if frame_deadline.is_some_and(|d| now >= d) {
+            conn.end.set(Some(End::FrameTimeout));
+            conn.close();
+            return;
+        }
+        if now >= conn.last_progress.get() + idle_timeout {
+            // A request being served with nothing owed to the client (a parked pull): the
+            // client waits for us, so the connection is not idle.
+            if conn.in_flight.get() > 0 && conn.ctx.answers.conn.used() == 0 {
+                conn.progress();
+            } else {
+                conn.end.set(Some(End::Idle));
+                conn.close();
                 return;
             }
-            if now >= conn.last_progress.get() + idle_timeout {
-                // A request being served with nothing owed to the client (a parked pull):
-                // the client waits for us, so the connection is not idle.
-                if conn.in_flight.get() > 0 && conn.ctx.answers.conn.used() == 0 {
-                    conn.progress();
-                } else {
-                    return;
-                }
-            }
-            let idle_at = conn.last_progress.get() + idle_timeout;
-            let next = frame_deadline.map_or(idle_at, |d| d.min(idle_at));
-            glommio::timer::sleep(next.saturating_duration_since(now)).await;
         }
-    };
-    futures_lite::future::or(timers, conn.wait_closed()).await
-}
-
-/// Why `watch` resolved.
-fn why(conn: &Conn, frame_deadline: Option<Instant>, idle_timeout: Duration) -> End {
-    let now = Instant::now();
-    if conn.closing.is_closed() {
-        End::Closed
-    } else if frame_deadline.is_some_and(|d| now >= d) {
-        End::FrameTimeout
-    } else {
-        debug_assert!(now >= conn.last_progress.get() + idle_timeout);
-        End::Idle
+        let idle_at = conn.last_progress.get() + idle_timeout;
+        let next = frame_deadline.map_or(idle_at, |d| d.min(idle_at));
+        let slept = async {
+            glommio::timer::sleep(next.saturating_duration_since(now)).await;
+            true
+        };
+        let closed = async {
+            conn.wait_closed().await;
+            false
+        };
+        if !futures_lite::future::or(slept, closed).await {
+            return;
+        }
     }
 }
 
