@@ -17,18 +17,18 @@ use shardmq_protocol::{Request, Status};
 
 const MIB: u64 = 1 << 20;
 
-fn vm_kib(pid: u32, key: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn peak_rss(pid: u32) -> u64 {
-    vm_kib(pid, "VmHWM:") * 1024
-}
-
-fn rss(pid: u32) -> u64 {
-    vm_kib(pid, "VmRSS:") * 1024
+/// Waits (at most `within`) for the peer to close `s` without sending anything; how long it
+/// took.
+fn closed_within(s: &mut TcpStream, within: Duration) -> Duration {
+    s.set_read_timeout(Some(within)).unwrap();
+    let t = Instant::now();
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => t.elapsed(),
+        Ok(n) => panic!("the peer sent {n} bytes instead of closing"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => t.elapsed(),
+        Err(e) => panic!("not closed within {within:?}: {e}"),
+    }
 }
 
 fn status_value(conn: &mut shardmq_server::rpc::Conn, key: &str) -> u64 {
@@ -96,7 +96,7 @@ fn pipelined_pulls_never_read_hold_a_bounded_answer_budget_and_die_with_their_co
         let _: (_, SendResult) = call(&mut admin, &send, &[]);
     }
     let pid = broker.pid();
-    let before = rss(pid);
+    let before = rss_bytes(pid);
 
     // 200 pulls of 4 MiB each, pipelined on one connection whose answers are never read:
     // 800 MiB of answers if the broker built them all.
@@ -118,7 +118,7 @@ fn pipelined_pulls_never_read_hold_a_bounded_answer_budget_and_die_with_their_co
         gets_before = status_value(&mut admin, "get_messages");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let peak = peak_rss(pid);
+    let peak = peak_rss_bytes(pid);
     // Others are still served meanwhile: the shard's budget is not the hostile client's.
     let (status, got): (_, PullMessageResponse) =
         call(&mut admin, &pull("Pulled", 1 << 20, 0), PULL);
@@ -155,7 +155,7 @@ fn pipelined_pulls_never_read_hold_a_bounded_answer_budget_and_die_with_their_co
     eventually("the connection is gone", Duration::from_secs(10), || {
         status_value(&mut admin, "connections") == 1
     });
-    let after = rss(pid);
+    let after = rss_bytes(pid);
     eprintln!("pull flood: RSS after the client left {} MiB", after / MIB);
     assert!(
         after <= bound,
@@ -195,17 +195,6 @@ fn a_frame_never_finished_and_a_silent_connection_are_closed_after_their_timeout
         ],
     );
     let addr = broker.get("broker");
-    let closed_within = |s: &mut TcpStream, within: Duration| {
-        s.set_read_timeout(Some(within)).unwrap();
-        let t = Instant::now();
-        let mut b = [0u8; 64];
-        match s.read(&mut b) {
-            Ok(0) => t.elapsed(),
-            Ok(n) => panic!("the broker sent {n} bytes instead of closing"),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => t.elapsed(),
-            Err(e) => panic!("not closed within {within:?}: {e}"),
-        }
-    };
 
     // Half a frame: its first 10 bytes.
     let frame = pull("T", 1024, 0).to_frame(1, false).to_bytes();
@@ -270,17 +259,6 @@ fn the_nameserver_closes_half_sent_frames_and_silent_connections_and_caps_their_
         ],
     );
     let ns = broker.get("namesrv");
-    let closed_within = |s: &mut TcpStream, within: Duration| {
-        s.set_read_timeout(Some(within)).unwrap();
-        let t = Instant::now();
-        let mut b = [0u8; 64];
-        match s.read(&mut b) {
-            Ok(0) => t.elapsed(),
-            Ok(n) => panic!("the NameServer sent {n} bytes instead of closing"),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => t.elapsed(),
-            Err(e) => panic!("not closed within {within:?}: {e}"),
-        }
-    };
     let frame = Request::GetBrokerStatus(Empty {})
         .to_frame(1, false)
         .to_bytes();

@@ -27,14 +27,6 @@ fn send(topic: &str, i: usize) -> Request {
     })
 }
 
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kb * 1024
-}
-
 #[test]
 fn a_flood_past_the_caps_is_refused_busy_memory_stays_bounded_and_it_goes_through_after() {
     let dir = tempfile::tempdir().unwrap();

@@ -214,3 +214,21 @@ pub fn admin_head_1(namesrv: &str, args: &[&str]) -> (std::process::ExitStatus, 
     };
     (status, first, err.join().unwrap_or_default())
 }
+
+/// A line of `/proc/<pid>/status` in KiB (`VmRSS:`, `VmHWM:`), as bytes.
+fn proc_status_bytes(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+/// Peak resident memory of a process.
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmHWM:")
+}
+
+/// Resident memory of a process now.
+pub fn rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
