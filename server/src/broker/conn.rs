@@ -47,6 +47,9 @@ const COALESCE_MAX: usize = 64 << 10;
 /// steadily shows progress to the idle timeout.
 const WRITE_PIECE_BYTES: usize = 256 << 10;
 
+/// Bytes a connection reads at once into its scratch buffer.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+
 /// How long the error frame of a refused frame may take to be written before the close.
 const FAREWELL_GRACE: Duration = Duration::from_secs(1);
 
@@ -247,7 +250,8 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
 /// Decodes and dispatches frames until the connection ends; says why.
 async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
     let decoder = FrameDecoder::new(conn.broker.settings.frame_max_bytes);
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut buf = BytesMut::new();
+    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     loop {
         let mut decoded = false;
         loop {
@@ -296,16 +300,27 @@ async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
             }
             continue;
         }
-        let want = match decoder.needed(&buf) {
-            Ok(Some(total)) => total.saturating_sub(buf.len()).max(1),
-            Ok(None) => 64 << 10,
-            Err(_) => 1,
+        // What the frame being read still lacks (checked against the frame limit).
+        let missing = match decoder.needed(&buf) {
+            Ok(Some(total)) => total.saturating_sub(buf.len()),
+            _ => 0,
         };
         let at = buf.len();
-        buf.resize(at + want.min(1 << 20), 0);
+        // A large frame is read straight into its place (the zeroes written are bytes the
+        // read fills); anything else through the scratch buffer, so a read costs a copy of
+        // what arrived instead of zeroing a whole chunk of `buf` every time.
+        let direct = missing > READ_CHUNK_BYTES;
+        if direct {
+            buf.resize(at + missing.min(1 << 20), 0);
+        }
         let read = async {
+            let into = if direct {
+                &mut buf[at..]
+            } else {
+                &mut scratch[..]
+            };
             // A read error ends the connection like an end of stream does.
-            Some(rd.read(&mut buf[at..]).await.unwrap_or_default())
+            Some(rd.read(into).await.unwrap_or_default())
         };
         let outcome = futures_lite::future::or(read, async {
             conn.wait_closed().await;
@@ -313,9 +328,14 @@ async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
         })
         .await;
         let Some(n) = outcome else {
+            buf.truncate(at);
             return conn.end.get().unwrap_or(End::Closed);
         };
-        buf.truncate(at + n);
+        if direct {
+            buf.truncate(at + n);
+        } else {
+            buf.extend_from_slice(&scratch[..n]);
+        }
         if n == 0 {
             return End::Eof;
         }
