@@ -33,6 +33,23 @@ pub enum FlushMode {
     Async,
 }
 
+/// ASYNC_FLUSH: when a put is acknowledged. Either way it is made visible to readers once
+/// written, and durable only at the next flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AsyncAck {
+    /// Once its O_DIRECT write completed: an acknowledged put survives a crash of the
+    /// process (not a power cut before the flush).
+    #[default]
+    Written,
+    /// Once its record is in the shard's write buffer, as RocketMQ acknowledges once a message
+    /// is in the page cache: an acknowledged put is lost if the process dies before its write
+    /// completes (or the write fails). While the buffer holds more than half of
+    /// `write_buffer_max_bytes` not yet written, acknowledgements wait for the write as with
+    /// `Written`, so a producer slows down before puts would be refused for a full buffer.
+    Appended,
+}
+
 impl std::str::FromStr for FlushMode {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, ConfigError> {
@@ -59,6 +76,8 @@ pub struct StoreConfig {
     pub segment_size_bytes: u64,
     /// SYNC_FLUSH or ASYNC_FLUSH (RocketMQ: `flushDiskType`).
     pub flush_mode: FlushMode,
+    /// ASYNC_FLUSH: acknowledge a put once written (default) or once in the write buffer.
+    pub async_ack: AsyncAck,
     /// ASYNC_FLUSH: how often the flusher wakes (`flushIntervalCommitLog`, 500 ms).
     pub flush_interval_ms: u64,
     /// ASYNC_FLUSH: flush only when at least this many 4 KiB pages are pending
@@ -142,6 +161,7 @@ impl Default for StoreConfig {
             shards: None,
             segment_size_bytes: 1 << 30,
             flush_mode: FlushMode::Async,
+            async_ack: AsyncAck::Written,
             flush_interval_ms: 500,
             flush_least_pages: 4,
             flush_thorough_interval_ms: 10_000,

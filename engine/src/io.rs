@@ -28,6 +28,8 @@ pub struct FaultPlan {
     /// While not 0, every segment reservation (`fallocate`) fails with this errno, e.g.
     /// ENOSPC (28) for a full disk.
     pub fallocate_errno: AtomicI32,
+    /// While set, writes wait before they are issued (a device that takes its time).
+    pub hold_writes: AtomicBool,
     /// Record pre-images so that `power_cut` can drop unsynced writes.
     pub track_power_cut: bool,
     writes: AtomicU64,
@@ -230,6 +232,11 @@ impl SegmentFile {
             "unaligned write length"
         );
         let len = buf.len();
+        if let Some(plan) = &self.plan {
+            while plan.hold_writes.load(Ordering::SeqCst) && !plan.frozen() {
+                glommio::timer::sleep(Duration::from_millis(1)).await;
+            }
+        }
         let seq = match &self.plan {
             Some(plan) => plan.before_write(&self.path, pos, len)?,
             None => None,

@@ -41,7 +41,7 @@ mod store;
 pub mod topics;
 pub mod waiters;
 
-pub use config::{FlushMode, ProbeHandle, StoreConfig};
+pub use config::{AsyncAck, FlushMode, ProbeHandle, StoreConfig};
 pub use consumequeue::read::{GetRequest, GetResult, GetStatus, QueueMessage};
 pub use error::{
     ConfigError, OpenError, PutError, ReadError, RecoveryError, ShutdownError, TopicAdminError,

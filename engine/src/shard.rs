@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::catalog::TopicView;
-use crate::config::{FlushMode, StoreConfig};
+use crate::config::{AsyncAck, FlushMode, StoreConfig};
 use crate::consumequeue::read::ClReader;
 use crate::consumequeue::ConsumeQueues;
 use crate::dispatch::{
@@ -140,6 +140,11 @@ pub struct Shard {
     staged_event: LocalEvent,
     /// Appended records waiting for their write or flush, in CommitLog order.
     pending: RefCell<VecDeque<Pending>>,
+    /// `end` of the newest pending put whose answer waits for its write (or flush), and the
+    /// `end` of the last record dispatched: while the first is past the second, an answer is
+    /// waiting, and a put acknowledged at append would overtake it.
+    reply_waiting_end: Cell<u64>,
+    dispatched_end: Cell<u64>,
     /// One link per owner shard (this one included).
     links: Vec<OwnerLink>,
     /// Topic names shared by dispatch records.
@@ -207,6 +212,8 @@ impl Shard {
             rounds_done: Cell::new(0),
             staged_event: LocalEvent::default(),
             pending: RefCell::default(),
+            reply_waiting_end: Cell::new(0),
+            dispatched_end: Cell::new(0),
             links,
             topics: RefCell::default(),
             catalog,
@@ -707,9 +714,22 @@ impl Shard {
                 }
             }
         };
-        if let Some(last) = pending.back_mut() {
+        if self.acks_on_append() {
+            reply.complete(PutStatus::PutOk);
+        } else if let Some(last) = pending.back_mut() {
+            self.reply_waiting_end.set(last.end);
             last.reply = Some(reply);
         }
+    }
+
+    /// Whether a put just appended is acknowledged now (`AsyncAck::Appended`): under
+    /// ASYNC_FLUSH, with at most half the write buffer unwritten, and no earlier answer still
+    /// waiting (puts are acknowledged in offset order).
+    fn acks_on_append(&self) -> bool {
+        self.config.async_ack == AsyncAck::Appended
+            && self.config.flush_mode == FlushMode::Async
+            && self.cl.unwritten_bytes() <= self.config.write_buffer_max_bytes as u64 / 2
+            && self.reply_waiting_end.get() <= self.dispatched_end.get()
     }
 
     /// Answers every pending put the CommitLog's progress covers and sends its records to
@@ -748,6 +768,7 @@ impl Shard {
             batches[queue_shard(&p.record.topic, p.record.queue_id, owners)].push(p.record);
         }
         drop(pending);
+        self.dispatched_end.set(mark);
         for (owner, records) in batches.into_iter().enumerate() {
             let batch = DispatchBatch {
                 source: self.id as u16,

@@ -266,6 +266,11 @@ impl Log {
         self.no_space.borrow().is_some()
     }
 
+    /// Bytes appended and not yet written.
+    pub fn unwritten_bytes(&self) -> u64 {
+        self.planner.borrow().pending_bytes()
+    }
+
     /// Whether `bytes` more fit the write buffer now.
     ///
     /// Under group commit the bytes not yet flushed count too: everything appended and not
