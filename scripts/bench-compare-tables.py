@@ -5,10 +5,14 @@ usage: bench-compare-tables.py RESULTS NATS_VERSION NATS_HAS_SYNC
 
 RESULTS has one line per run: a name, a space, and the JSON report `shardmq-bench --json`
 printed. Prints the two tables ("acknowledged after a flush", "acknowledged before a
-flush") with absolute figures, device flushes and the ratios ours / ceiling and ours /
-peer, then the other figures of the benchmark issue with their targets.
+flush") with absolute figures, device flushes, CPU µs per message of the server process
+("srv us/m") and of the load generator ("gen us/m"), and the ratios ours / ceiling and
+ours / peer, then the other figures of the benchmark issue with their targets. Runs missing
+from RESULTS show as "(not run)"; CPU figures missing from a report (no server pid, or a
+report from before they existed) show as "-".
 """
 import json
+import re
 import sys
 
 runs = {}
@@ -24,7 +28,8 @@ def get(name, key):
 
 
 def fmt(v, spec):
-    return '-' if v is None else format(v, spec)
+    """v formatted by spec; a missing v is '-', in the same width so that columns stay put."""
+    return format('-', re.sub(r'(\.\d+)?f$', '', spec)) if v is None else format(v, spec)
 
 
 def ratio(a, b):
@@ -44,8 +49,15 @@ def verdict(value, floor=None, aim=None, below=False):
     return ', '.join(words)
 
 
+def cpu(r):
+    """The server's and the load generator's CPU µs per message, formatted."""
+    return (f"{fmt(r.get('server_cpu_us_per_msg'), '>8.2f')} "
+            f"{fmt(r.get('bench_cpu_us_per_msg'), '>8.2f')}")
+
+
 HEAD = (f"{'run':<34} {'msgs/s':>10} {'MB/s':>8} {'p50 us':>8} {'p99 us':>8} "
-        f"{'p99.9 us':>9} {'flushes':>8} {'msgs/flush':>10} {'ours/this':>9}")
+        f"{'p99.9 us':>9} {'flushes':>8} {'msgs/flush':>10} {'ours/this':>9} "
+        f"{'srv us/m':>8} {'gen us/m':>8}")
 
 
 def row(label, name, ours=None):
@@ -60,7 +72,7 @@ def row(label, name, ours=None):
     print(f"{label:<34} {r['msgs_per_s']:>10.0f} {r['mb_per_s']:>8.1f} "
           f"{fmt(r['p50_us'] if lat else None, '>8')} {fmt(r['p99_us'] if lat else None, '>8')} "
           f"{fmt(r['p999_us'] if lat else None, '>9')} {fmt(flushes, '>8')} "
-          f"{fmt(per_flush, '>10.1f')} {fmt(mine, '>9.2f')}")
+          f"{fmt(per_flush, '>10.1f')} {fmt(mine, '>9.2f')} {cpu(r)}")
 
 
 def ceiling_row(label, name):
@@ -105,7 +117,8 @@ r = ratio(get('async-shardmq', 'msgs_per_s'), best)
 print(f"ShardMQ ASYNC / best peer = {fmt(r, '.2f')} x msgs/s  ({verdict(r, floor=2)})")
 
 print("\n== consume: a consumer group reading back what was sent first (1 KiB) ==")
-print(f"{'system':<34} {'msgs/s':>10} {'MB/s':>8} {'consumers':>9} {'sent msgs/s':>11} {'ours/this':>9}")
+print(f"{'system':<34} {'msgs/s':>10} {'MB/s':>8} {'consumers':>9} {'sent msgs/s':>11} {'ours/this':>9} "
+      f"{'srv us/m':>8} {'gen us/m':>8}")
 for label, name in [("ShardMQ (pull consumers)", 'consume-shardmq'),
                     ("Redis Streams (XREADGROUP + XACK)", 'consume-redis'),
                     ("NATS JetStream (durable pull)", 'consume-nats')]:
@@ -115,23 +128,30 @@ for label, name in [("ShardMQ (pull consumers)", 'consume-shardmq'),
         continue
     mine = ratio(get('consume-shardmq', 'msgs_per_s'), r['msgs_per_s']) if name != 'consume-shardmq' else None
     print(f"{label:<34} {r['msgs_per_s']:>10.0f} {r['mb_per_s']:>8.1f} {r['params'].get('consumers', 0):>9} "
-          f"{r['params'].get('prefill_msgs_per_s', 0):>11.0f} {fmt(mine, '>9.2f')}")
+          f"{r['params'].get('prefill_msgs_per_s', 0):>11.0f} {fmt(mine, '>9.2f')} {cpu(r)}")
 
 print("\n== other figures ==")
 r = ratio(get('sync-shardmq', 'msgs_per_s'), get('async-shardmq-64x1', 'msgs_per_s'))
 print(f"SYNC / ASYNC at 64 x 1 in flight = {fmt(r, '.2f')}  ({verdict(r, aim=0.5)}); "
-      f"ASYNC 64x1: {fmt(get('async-shardmq-64x1', 'msgs_per_s'), '.0f')} msgs/s")
+      f"ASYNC 64x1: {fmt(get('async-shardmq-64x1', 'msgs_per_s'), '.0f')} msgs/s, "
+      f"CPU us/msg server {fmt(get('async-shardmq-64x1', 'server_cpu_us_per_msg'), '.2f')} "
+      f"bench {fmt(get('async-shardmq-64x1', 'bench_cpu_us_per_msg'), '.2f')}")
 e = runs.get('e2e-half')
 if e:
     p99, p9999 = e['p99_us'], e['p9999_us']
-    print(f"e2e at {e['params'].get('rate', 0):.0f} msgs/s (half the ASYNC rate): "
+    print(f"e2e at {e['params'].get('rate') or 0:.0f} msgs/s (half the ASYNC rate): "
           f"p50 {e['p50_us']} us, p99 {p99} us ({verdict(p99, floor=1000, aim=500, below=True)}), "
-          f"p99.99 {p9999} us = {p9999 / max(p99, 1):.1f} x p99 (aim <= 5), lost {e['params'].get('lost')}")
+          f"p99.99 {p9999} us = {p9999 / max(p99, 1):.1f} x p99 (aim <= 5), lost {e['params'].get('lost')}; "
+          f"CPU us/msg server {fmt(e.get('server_cpu_us_per_msg'), '.2f')} "
+          f"bench {fmt(e.get('bench_cpu_us_per_msg'), '.2f')}")
 r = get('batch-128', 'msgs_per_s')
-print(f"128 B in batches of 256: {fmt(r, '.0f')} msgs/s  ({verdict(r, floor=500_000, aim=1_000_000)})")
+print(f"128 B in batches of 256: {fmt(r, '.0f')} msgs/s  ({verdict(r, floor=500_000, aim=1_000_000)}); "
+      f"CPU us/msg server {fmt(get('batch-128', 'server_cpu_us_per_msg'), '.2f')} "
+      f"bench {fmt(get('batch-128', 'bench_cpu_us_per_msg'), '.2f')}")
 s1, s2 = get('engine-shards-1', 'msgs_per_s'), get('engine-shards-2', 'msgs_per_s')
 r = ratio(s2, s1)
 print(f"engine 128 B: --shards 1 {fmt(s1, '.0f')}, --shards 2 {fmt(s2, '.0f')} msgs/s: "
       f"{fmt(r, '.2f')} x  ({verdict(r, floor=1.6, aim=1.9)})")
-print("\nper run (JSON): " + json.dumps({k: {x: v[x] for x in ('msgs_per_s', 'mb_per_s', 'p99_us', 'device_flushes', 'errors')}
-                                        for k, v in runs.items()}))
+KEYS = ('msgs_per_s', 'mb_per_s', 'p99_us', 'device_flushes', 'errors',
+        'server_cpu_us_per_msg', 'bench_cpu_us_per_msg')
+print("\nper run (JSON): " + json.dumps({k: {x: v.get(x) for x in KEYS} for k, v in runs.items()}))

@@ -32,6 +32,9 @@ pub enum BenchError {
     #[error(transparent)]
     Driver(#[from] crate::drivers::DriverError),
 
+    #[error("CPU time: {0}")]
+    Cpu(#[from] crate::cpu::CpuError),
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -5,6 +5,7 @@
 //! and a broker over the wire (`produce`, `consume`, `e2e`; `load/` and `drivers/`), against
 //! ShardMQ or, with the `redis` / `nats` features, Redis Streams and NATS JetStream.
 
+mod cpu;
 mod device;
 mod drivers;
 mod error;
@@ -123,6 +124,10 @@ mod tests {
             "2",
             "--queues",
             "16",
+            "--server-pid",
+            "42",
+            "--server-pid",
+            "43",
             "--json",
         ])
         .expect("parses");
@@ -140,6 +145,7 @@ mod tests {
             (Some(2.5), 1.0, Some(5000.0))
         );
         assert_eq!(a.target, "shardmq");
+        assert_eq!(a.server_pids, [42, 43]);
         assert!(a.validate(false).is_ok());
     }
 
@@ -194,6 +200,8 @@ mod tests {
             &["produce", "--spawn", "--batch", "2000"],
             &["produce", "--spawn", "--warmup", "-1"],
             &["produce", "--spawn", "--size", "1Q"],
+            &["produce", "--spawn", "--server-pid", "0"],
+            &["produce", "--spawn", "--server-pid", "me"],
             &["net", "--streams", "0"],
         ];
         for args in bad {

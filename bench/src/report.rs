@@ -2,7 +2,8 @@
 //!
 //! Throughput: `mb_per_s` is in MB/s with 1 MB = 10^6 bytes (as fio and iperf print it);
 //! the human table adds MiB/s. Latencies are microseconds from an HDR histogram with 3
-//! significant figures, so a percentile is exact to within 0.1 %.
+//! significant figures, so a percentile is exact to within 0.1 %. CPU figures are utime +
+//! stime over the measured window (`cpu.rs`), per message counted in `messages`.
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -52,13 +53,24 @@ pub struct Report {
     pub errors: u64,
     /// Device cache flushes completed during the run, `null` if they could not be counted.
     pub device_flushes: Option<u64>,
+    /// CPU seconds of the server process(es) in the measured window; `null` when none was
+    /// known (no `--spawn`, no `--server-pid`) or it could not be read.
+    pub server_cpu_s: Option<f64>,
+    /// CPU seconds of the load generator (its whole process) in the measured window; `null`
+    /// in the modes that do not measure it.
+    pub bench_cpu_s: Option<f64>,
+    /// `server_cpu_s` in µs per message; `null` with it, or when no message was measured.
+    pub server_cpu_us_per_msg: Option<f64>,
+    /// `bench_cpu_s` in µs per message; `null` with it, or when no message was measured.
+    pub bench_cpu_us_per_msg: Option<f64>,
     /// The run's settings and notes (mode specific).
     pub params: Map<String, Value>,
 }
 
 impl Report {
-    /// Figures from a count, a duration and a latency histogram; `errors`, `device_flushes`
-    /// and `params` start empty (set the public fields or use [`Report::param`]).
+    /// Figures from a count, a duration and a latency histogram; `errors`, `device_flushes`,
+    /// the CPU figures and `params` start empty (set the public fields, or use
+    /// [`Report::set_cpu`] and [`Report::param`]).
     pub fn new(
         mode: impl Into<String>,
         messages: u64,
@@ -87,6 +99,10 @@ impl Report {
             max_us: latencies.max(),
             errors: 0,
             device_flushes: None,
+            server_cpu_s: None,
+            bench_cpu_s: None,
+            server_cpu_us_per_msg: None,
+            bench_cpu_us_per_msg: None,
             params: Map::new(),
         }
     }
@@ -95,6 +111,18 @@ impl Report {
     pub fn param(&mut self, key: &str, value: impl Into<Value>) -> &mut Self {
         self.params.insert(key.to_string(), value.into());
         self
+    }
+
+    /// Sets the CPU seconds of the window and, from `messages`, the µs per message.
+    pub fn set_cpu(&mut self, bench_s: Option<f64>, server_s: Option<f64>) {
+        let messages = self.messages;
+        let per_msg = |s: Option<f64>| {
+            s.filter(|_| messages > 0)
+                .map(|s| s * 1e6 / messages as f64)
+        };
+        (self.bench_cpu_s, self.server_cpu_s) = (bench_s, server_s);
+        (self.bench_cpu_us_per_msg, self.server_cpu_us_per_msg) =
+            (per_msg(bench_s), per_msg(server_s));
     }
 
     /// The report as one line of JSON (no trailing newline).
@@ -142,6 +170,13 @@ impl Report {
         )?;
         writeln!(out, "{:<16}{}", "errors", self.errors)?;
         writeln!(out, "{:<16}{flushes}", "device flushes")?;
+        writeln!(
+            out,
+            "{:<16}server {}  bench {}",
+            "cpu (us/msg)",
+            cpu_cell(self.server_cpu_us_per_msg, self.server_cpu_s),
+            cpu_cell(self.bench_cpu_us_per_msg, self.bench_cpu_s)
+        )?;
         for (key, value) in &self.params {
             match value {
                 Value::String(s) => writeln!(out, "  {key:<22}{s}")?,
@@ -164,6 +199,15 @@ impl Report {
             self.write_table(&mut out)?;
             out.flush()
         }
+    }
+}
+
+/// One side's CPU figure for the table: `12.34 (0.617 s)`, or why there is none.
+fn cpu_cell(us_per_msg: Option<f64>, seconds: Option<f64>) -> String {
+    match (us_per_msg, seconds) {
+        (Some(us), Some(s)) => format!("{us:.2} ({s:.3} s)"),
+        (None, Some(s)) => format!("- ({s:.3} s)"),
+        _ => "unavailable".to_string(),
     }
 }
 
@@ -228,6 +272,10 @@ mod tests {
             "max_us",
             "errors",
             "device_flushes",
+            "server_cpu_s",
+            "bench_cpu_s",
+            "server_cpu_us_per_msg",
+            "bench_cpu_us_per_msg",
             "params",
         ];
         let obj = v.as_object().expect("an object");
@@ -237,7 +285,34 @@ mod tests {
         assert_eq!(obj.len(), keys.len(), "unexpected keys in {obj:?}");
         assert_eq!(v["mode"], "produce");
         assert_eq!(v["device_flushes"], 3);
+        assert_eq!(v["server_cpu_s"], Value::Null);
+        assert_eq!(v["bench_cpu_us_per_msg"], Value::Null);
         assert!(v["params"].is_object() && v["params"]["size"] == 1024);
+    }
+
+    #[test]
+    fn cpu_per_message() {
+        let mut r = Report::new("e2e", 4000, 0, Duration::from_secs(1), &latency_histogram());
+        r.set_cpu(Some(0.05), None);
+        assert_eq!(r.bench_cpu_s, Some(0.05));
+        assert!((r.bench_cpu_us_per_msg.expect("bench") - 12.5).abs() < 1e-9);
+        assert_eq!((r.server_cpu_s, r.server_cpu_us_per_msg), (None, None));
+        let v: Value = serde_json::from_str(&r.to_json_line()).expect("JSON");
+        assert_eq!(v["server_cpu_us_per_msg"], Value::Null);
+        assert_eq!(v["bench_cpu_s"], 0.05);
+        let mut table = Vec::new();
+        r.write_table(&mut table).expect("table");
+        let table = String::from_utf8(table).expect("utf-8");
+        assert!(
+            table.contains("server unavailable  bench 12.50 (0.050 s)"),
+            "{table}"
+        );
+        let mut empty = Report::new("e2e", 0, 0, Duration::ZERO, &latency_histogram());
+        empty.set_cpu(Some(0.01), Some(0.02));
+        assert_eq!(
+            (empty.bench_cpu_us_per_msg, empty.server_cpu_s),
+            (None, Some(0.02))
+        );
     }
 
     #[test]

@@ -60,6 +60,21 @@ fn produce_against_a_spawned_broker() {
     assert_eq!(v["params"]["spawned"], true);
     assert!(v["p50_us"].as_u64().expect("p50") > 0);
     assert!(v["max_us"].as_u64() >= v["p99_us"].as_u64());
+    // Both sides' CPU time is measured (the spawned broker's without --server-pid); 200
+    // messages may take less than a clock tick, so only the shape is checked.
+    for key in [
+        "server_cpu_s",
+        "bench_cpu_s",
+        "server_cpu_us_per_msg",
+        "bench_cpu_us_per_msg",
+    ] {
+        assert!(
+            v[key].as_f64().is_some_and(|x| x >= 0.0),
+            "{key}: {}",
+            v[key]
+        );
+    }
+    assert_eq!(v["params"]["server_pids"].as_array().map(Vec::len), Some(1));
     let text = std::fs::read_to_string(&hist).expect("histogram written");
     assert!(text.contains("Total count    =          200"), "{text}");
     // The broker is gone and its temporary directory removed.

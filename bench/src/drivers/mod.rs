@@ -156,6 +156,11 @@ pub trait Target: Send + Sync {
     /// The directory holding its data, if known (device flushes are counted on its disk).
     fn data_dir(&self) -> Option<PathBuf>;
 
+    /// The server process this run started, if any (its CPU time is measured).
+    fn server_pid(&self) -> Option<u32> {
+        None
+    }
+
     /// Creates the layout's topics (streams), empty where the system allows it.
     fn create_topics(&self, layout: &Layout) -> Result<(), DriverError>;
 

@@ -79,6 +79,10 @@ impl Target for ShardMq {
         self.spawned.as_ref().map(|b| b.data_dir.clone())
     }
 
+    fn server_pid(&self) -> Option<u32> {
+        self.spawned.as_ref().map(SpawnedBroker::pid)
+    }
+
     fn create_topics(&self, layout: &Layout) -> Result<(), DriverError> {
         let names: Vec<String> = (0..layout.topics).map(|t| layout.topic(t)).collect();
         let queues = u32::try_from(layout.queues).unwrap_or(u32::MAX);

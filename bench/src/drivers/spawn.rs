@@ -218,6 +218,11 @@ impl SpawnedBroker {
         ))
     }
 
+    /// The broker's process id (NameServer and broker run in this one process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the broker: SIGTERM (it flushes and closes its store), SIGKILL after the grace.
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {

@@ -18,6 +18,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde_json::Value;
 
+use crate::cpu::{CpuMeter, CpuUsage};
 use crate::device::{BlockDevice, FlushCounter};
 use crate::drivers::shardmq::ShardMq;
 use crate::drivers::spawn::SpawnOptions;
@@ -108,6 +109,12 @@ pub struct LoadArgs {
     /// Topic (stream) names are `<prefix>-<n>`.
     #[arg(long, default_value = "bench")]
     pub topic_prefix: String,
+    /// A server process whose CPU time is measured over the window (a running broker, Redis
+    /// or NATS server; repeatable, summed). With --spawn the spawned broker is measured
+    /// anyway.
+    #[arg(long = "server-pid", value_name = "PID",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub server_pids: Vec<u32>,
 }
 
 pub fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -269,6 +276,28 @@ pub fn flush_counter(target: &dyn Target, fallback: Option<&PathBuf>) -> FlushCo
         .or_else(|| fallback.cloned())
         .unwrap_or_else(|| PathBuf::from("."));
     FlushCounter::start(BlockDevice::for_path(&dir))
+}
+
+/// A CPU meter for this process and the server processes: the target's own (`--spawn`)
+/// and `--server-pid`s. Fails, before any load, if one of them cannot be read.
+pub fn cpu_meter(args: &LoadArgs, target: &dyn Target) -> Result<CpuMeter, BenchError> {
+    let pids: Vec<u32> = target
+        .server_pid()
+        .into_iter()
+        .chain(args.server_pids.iter().copied())
+        .collect();
+    Ok(CpuMeter::open(&pids)?)
+}
+
+/// Puts the window's CPU figures in the report, with the pids and clock they come from.
+pub fn record_cpu(report: &mut Report, meter: &CpuMeter, usage: &CpuUsage) {
+    report.set_cpu(usage.bench_s, usage.server_s);
+    report
+        .param("server_pids", meter.servers().to_vec())
+        .param("cpu_ticks_per_s", meter.hz());
+    if !usage.unavailable.is_empty() {
+        report.param("cpu_unavailable", usage.unavailable.join("; "));
+    }
 }
 
 /// Everything the recorders measured, merged.

@@ -6,8 +6,9 @@
 //!
 //! The timed region runs from the consumers' start to the last message read; it ends when
 //! `--count` messages were read, `--duration` passed, or nothing arrived for
-//! [`IDLE_STOP`]. No latency is measured (the latency columns are 0, and `--hist` writes an
-//! empty distribution).
+//! [`IDLE_STOP`]. The CPU time of the load generator and of the server process(es) is
+//! measured over the same region (the prefill left out). No latency is measured (the
+//! latency columns are 0, and `--hist` writes an empty distribution).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use crate::load::consumer::{ConsumerSet, Measure};
 use crate::load::pace::Window;
 use crate::load::producer::{self, ProducerSet};
 use crate::load::stats::{now_ns, Live, Progress, Recorder};
-use crate::load::{elapsed, flush_counter, merge, save_hist, secs_ns, LoadArgs};
+use crate::load::{
+    cpu_meter, elapsed, flush_counter, merge, record_cpu, save_hist, secs_ns, LoadArgs,
+};
 use crate::report::Report;
 
 /// Messages sent and read back when `--count` is not given.
@@ -93,6 +96,7 @@ pub fn run(args: &ConsumeArgs) -> Result<Report, BenchError> {
     let a = &args.load;
     a.validate(false)?;
     let target = a.open_target()?;
+    let mut cpu = cpu_meter(a, target.as_ref())?;
     let layout = a.layout();
     let count = a.count.unwrap_or(DEFAULT_COUNT);
     if !args.no_prefill {
@@ -118,6 +122,7 @@ pub fn run(args: &ConsumeArgs) -> Result<Report, BenchError> {
 
     let live = Arc::new(Live::default());
     let mut flushes = flush_counter(target.as_ref(), a.data_dir.as_ref());
+    cpu.start();
     let start = now_ns();
     let deadline = a.duration.map(|d| start + secs_ns(d));
     let progress = Progress::start("consume", Arc::clone(&live));
@@ -135,6 +140,7 @@ pub fn run(args: &ConsumeArgs) -> Result<Report, BenchError> {
         }
     }
     let outcomes = set.stop();
+    let cpu_used = cpu.finish();
     let device_flushes = flushes.finish();
     progress.finish();
 
@@ -144,6 +150,7 @@ pub fn run(args: &ConsumeArgs) -> Result<Report, BenchError> {
     let mut report = Report::new("consume", messages, bytes, took, &hist);
     report.errors = outcomes.iter().map(|o| o.errors).sum();
     report.device_flushes = device_flushes;
+    record_cpu(&mut report, &cpu, &cpu_used);
     a.params(&mut report, target.as_ref());
     report
         .param("consumers", consumers as u64)

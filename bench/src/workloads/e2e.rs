@@ -8,7 +8,8 @@
 //! to [`DRAIN`] for the consumers to read everything acknowledged; `params.lost` counts
 //! what they did not. `messages`/`bytes` and the rates are the measured messages read, over
 //! the time from the end of the warm-up to the last of them; `params.produce_*` are the
-//! send side's figures over the same window.
+//! send side's figures over the same window. The CPU time of the load generator and of the
+//! server process(es) runs from the end of the warm-up to the end of the drain.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::error::BenchError;
 use crate::load::consumer::{ConsumerSet, Measure};
 use crate::load::producer::{self, ProducerSet};
 use crate::load::stats::{now_ns, sleep_until_ns, Live, Progress, Recorder};
-use crate::load::{elapsed, flush_counter, merge, save_hist, LoadArgs};
+use crate::load::{cpu_meter, elapsed, flush_counter, merge, record_cpu, save_hist, LoadArgs};
 use crate::report::Report;
 use crate::workloads::consume::{consumer_count, fresh_group};
 
@@ -39,6 +40,7 @@ pub fn run(args: &E2eArgs) -> Result<Report, BenchError> {
     let a = &args.load;
     a.validate(true)?;
     let target = a.open_target()?;
+    let mut cpu = cpu_meter(a, target.as_ref())?;
     let layout = a.layout();
     target.create_topics(&layout)?;
     let consumers = consumer_count(args.consumers, &layout);
@@ -75,6 +77,7 @@ pub fn run(args: &E2eArgs) -> Result<Report, BenchError> {
     let writers = ProducerSet::start(senders, &plans, &sent_live)?;
     sleep_until_ns(window.measure_start_ns);
     let mut flushes = flush_counter(target.as_ref(), a.data_dir.as_ref());
+    cpu.start();
     let sent = writers.join();
     let acked: u64 = sent.iter().map(|o| o.acked).sum();
     let drain_until = Instant::now() + DRAIN;
@@ -82,6 +85,7 @@ pub fn run(args: &E2eArgs) -> Result<Report, BenchError> {
         std::thread::sleep(Duration::from_millis(5));
     }
     let read = readers.stop();
+    let cpu_used = cpu.finish();
     let device_flushes = flushes.finish();
     progress.finish();
 
@@ -95,6 +99,7 @@ pub fn run(args: &E2eArgs) -> Result<Report, BenchError> {
     report.errors =
         sent.iter().map(|o| o.errors).sum::<u64>() + read.iter().map(|o| o.errors).sum::<u64>();
     report.device_flushes = device_flushes;
+    record_cpu(&mut report, &cpu, &cpu_used);
     a.params(&mut report, target.as_ref());
 
     let send_recs: Vec<&Recorder> = sent.iter().map(|o| &o.recorder).collect();

@@ -5,7 +5,8 @@
 //! acknowledgement: under SYNC_FLUSH after the covering fdatasync, under ASYNC_FLUSH after
 //! the write. `seconds` runs from the end of the warm-up to the last measured
 //! acknowledgement; `bytes` counts message bodies. Device flushes are counted on the disk
-//! holding the broker's data from the end of the warm-up to the end of the run.
+//! holding the broker's data from the end of the warm-up to the end of the run, and so is
+//! the CPU time of the load generator and of the server process(es).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use crate::error::BenchError;
 use crate::load::producer::{self, ProducerSet};
 use crate::load::stats::{now_ns, sleep_until_ns, Live, Progress, Recorder};
-use crate::load::{elapsed, flush_counter, merge, save_hist, LoadArgs};
+use crate::load::{cpu_meter, elapsed, flush_counter, merge, record_cpu, save_hist, LoadArgs};
 use crate::report::Report;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -26,6 +27,7 @@ pub fn run(args: &ProduceArgs) -> Result<Report, BenchError> {
     let a = &args.load;
     a.validate(false)?;
     let target = a.open_target()?;
+    let mut cpu = cpu_meter(a, target.as_ref())?;
     let layout = a.layout();
     target.create_topics(&layout)?;
     let live = Arc::new(Live::default());
@@ -54,7 +56,9 @@ pub fn run(args: &ProduceArgs) -> Result<Report, BenchError> {
     let set = ProducerSet::start(senders, &plans, &live)?;
     sleep_until_ns(window.measure_start_ns);
     let mut flushes = flush_counter(target.as_ref(), a.data_dir.as_ref());
+    cpu.start();
     let outcomes = set.join();
+    let cpu_used = cpu.finish();
     let device_flushes = flushes.finish();
     progress.finish();
 
@@ -65,6 +69,7 @@ pub fn run(args: &ProduceArgs) -> Result<Report, BenchError> {
     let mut report = Report::new("produce", messages, bytes, took, &hist);
     report.errors = outcomes.iter().map(|o| o.errors).sum();
     report.device_flushes = device_flushes;
+    record_cpu(&mut report, &cpu, &cpu_used);
     a.params(&mut report, target.as_ref());
     report.param(
         "acked_with_warmup",
