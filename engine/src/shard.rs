@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -100,8 +101,29 @@ struct Round {
     lost: bool,
 }
 
+/// An owner that gets no records from this source's writes is still sent its progress (the
+/// watermark recovery re-dispatches from) once it lags this far, so it lags at most this
+/// much, and a group write wakes only the shards it has records for.
+const MARK_STRIDE_BYTES: u64 = 4 << 20;
+
 /// Rounds started ahead of the one being appended.
 const ROUNDS_AHEAD_MAX: usize = 2;
+
+/// What a shard counts for others to read (each counter written by its shard only, so no
+/// cache line is shared on the hot path until someone reads it).
+#[derive(Debug, Default)]
+pub struct ShardCounters {
+    /// Messages this shard sent to another shard: reservations and their answers, dispatch
+    /// batches, abandoned offsets, and requests its thread handed to another shard (reads,
+    /// waits).
+    pub cross_shard_sends: AtomicU64,
+}
+
+impl ShardCounters {
+    pub(crate) fn hop(&self) {
+        self.cross_shard_sends.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// An appended record waiting to be acknowledged and dispatched.
 struct Pending {
@@ -145,6 +167,9 @@ pub struct Shard {
     /// waiting, and a put acknowledged at append would overtake it.
     reply_waiting_end: Cell<u64>,
     dispatched_end: Cell<u64>,
+    /// Per owner: the `upto` of the last dispatch batch sent to it.
+    marks_sent: RefCell<Vec<u64>>,
+    pub(crate) counters: Arc<ShardCounters>,
     /// One link per owner shard (this one included).
     links: Vec<OwnerLink>,
     /// Topic names shared by dispatch records.
@@ -194,6 +219,7 @@ impl Shard {
         links: Vec<OwnerLink>,
         inbox: OwnerInbox,
         catalog: TopicView,
+        counters: Arc<ShardCounters>,
     ) -> Rc<Shard> {
         let shard = Rc::new(Shard {
             id,
@@ -214,6 +240,8 @@ impl Shard {
             pending: RefCell::default(),
             reply_waiting_end: Cell::new(0),
             dispatched_end: Cell::new(0),
+            marks_sent: RefCell::new(vec![0; links.len()]),
+            counters,
             links,
             topics: RefCell::default(),
             catalog,
@@ -508,6 +536,7 @@ impl Shard {
                 runs: std::mem::take(runs),
                 reply: tx,
             };
+            self.count_hop(owner);
             if self.links[owner].reserve.send(ask).is_ok() {
                 asks.push((owner, rx));
             } else {
@@ -722,6 +751,12 @@ impl Shard {
         }
     }
 
+    fn count_hop(&self, to: usize) {
+        if to != self.id {
+            self.counters.hop();
+        }
+    }
+
     /// Whether a put just appended is acknowledged now (`AsyncAck::Appended`): under
     /// ASYNC_FLUSH, with at most half the write buffer unwritten, and no earlier answer still
     /// waiting (puts are acknowledged in offset order).
@@ -735,6 +770,16 @@ impl Shard {
     /// Answers every pending put the CommitLog's progress covers and sends its records to
     /// their owners.
     fn dispatch_ready(&self) {
+        self.dispatch(false);
+    }
+
+    /// [`dispatch_ready`](Self::dispatch_ready), and every owner is told how far this source
+    /// has dispatched, records or not (shutdown, topic deletes).
+    fn dispatch_all(&self) {
+        self.dispatch(true);
+    }
+
+    fn dispatch(&self, every_owner: bool) {
         let written = self.cl.written();
         let upto = if self.dispatch_on_flush() {
             self.cl.flushed()
@@ -751,7 +796,7 @@ impl Shard {
                 }
             }
         }
-        if pending.front().is_none_or(|p| p.end > upto) {
+        if pending.front().is_none_or(|p| p.end > upto) && !every_owner {
             return;
         }
         let owners = self.owners();
@@ -760,7 +805,7 @@ impl Shard {
         let mut batches: Vec<Vec<DispatchRecord>> =
             (0..owners).map(|_| Vec::with_capacity(share)).collect();
         let mut replies = Vec::with_capacity(ready);
-        let mut mark = 0;
+        let mut mark = self.dispatched_end.get();
         while pending.front().is_some_and(|p| p.end <= upto) {
             let Some(p) = pending.pop_front() else { break };
             mark = p.end;
@@ -769,7 +814,19 @@ impl Shard {
         }
         drop(pending);
         self.dispatched_end.set(mark);
+        let mut sent = self.marks_sent.borrow_mut();
         for (owner, records) in batches.into_iter().enumerate() {
+            // An owner with no records from this write is not woken for the mark alone,
+            // unless it lags MARK_STRIDE_BYTES behind (or everyone must hear).
+            let behind = mark.saturating_sub(sent[owner]);
+            if records.is_empty() && behind == 0 {
+                continue;
+            }
+            if records.is_empty() && !every_owner && behind < MARK_STRIDE_BYTES {
+                continue;
+            }
+            sent[owner] = mark;
+            self.count_hop(owner);
             let batch = DispatchBatch {
                 source: self.id as u16,
                 upto: mark,
@@ -797,6 +854,7 @@ impl Shard {
         }
         for (owner, slots) in by_owner.into_iter().enumerate() {
             if !slots.is_empty() {
+                self.count_hop(owner);
                 let _ = self.links[owner].intake.send(Intake::Abandon(slots));
             }
         }
@@ -891,7 +949,7 @@ impl Shard {
                 .await
                 .map_err(|_| self.cl.failure().unwrap_or_default())?;
         }
-        self.dispatch_ready();
+        self.dispatch_all();
         Ok(end)
     }
 
@@ -945,7 +1003,7 @@ impl Shard {
             .flush_once()
             .await
             .map_err(|_| self.cl.failure().unwrap_or_default())?;
-        self.dispatch_ready();
+        self.dispatch_all();
         Ok(())
     }
 
@@ -1118,6 +1176,8 @@ async fn intake_loop(shard: Rc<Shard>, rx: flume::Receiver<Intake>) {
 /// Answers reservations from every source as they come.
 async fn reserver(shard: Rc<Shard>, rx: flume::Receiver<Reserve>) {
     while let Ok(Reserve { runs, reply }) = rx.recv_async().await {
+        // Reservations come only from other shards: the answer crosses back.
+        shard.counters.hop();
         reply.send(shard.cqs.reserve(&runs));
     }
 }

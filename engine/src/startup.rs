@@ -64,6 +64,7 @@ pub struct ShardThread {
     pub intake: flume::Receiver<Intake>,
     pub reserve: flume::Receiver<Reserve>,
     pub catalog: Arc<Catalog>,
+    pub counters: Arc<crate::shard::ShardCounters>,
 }
 
 fn recovery(shard: usize) -> impl Fn(RecoveryError) -> OpenError {
@@ -136,6 +137,7 @@ pub fn run_shard(builder: LocalExecutorBuilder, t: ShardThread) {
                 reserve: t.reserve.clone(),
             },
             TopicView::new(t.catalog.clone()),
+            t.counters.clone(),
         );
         set_local_shard(Some((t.store, shard.clone())));
         serve(&shard, &t.requests, &t.intake).await;

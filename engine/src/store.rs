@@ -26,7 +26,7 @@ use crate::oneshot;
 use crate::record::{MessageInput, StoredMessage};
 use crate::runtime;
 use crate::shard::Puts;
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardCounters};
 use crate::startup::{run_shard, Ctl, Init, ShardThread};
 use crate::topics::{Perm, TopicConfig, TopicTable, TopicUpdate};
 
@@ -92,6 +92,7 @@ struct ShardHandle {
     tx: flume::Sender<Request>,
     shared: Arc<LogShared>,
     cq_shared: Arc<LogShared>,
+    counters: Arc<ShardCounters>,
 }
 
 struct Inner {
@@ -197,6 +198,7 @@ impl Store {
         let mut ctls = Vec::new();
         for (shard, (intake, reserve)) in intakes.into_iter().enumerate() {
             let (tx, rx) = flume::bounded(SHARD_REQUESTS_MAX);
+            let counters = Arc::new(ShardCounters::default());
             let (ctl_tx, ctl_rx) = flume::unbounded();
             let cq_shared = Arc::new(LogShared::default());
             let placement = if config.pin_shards && cpus.len() >= shards {
@@ -222,6 +224,7 @@ impl Store {
                 intake,
                 reserve,
                 catalog: catalog.clone(),
+                counters: counters.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("shardmq-shard-{shard}"))
@@ -235,6 +238,7 @@ impl Store {
                 tx,
                 shared: shared[shard].clone(),
                 cq_shared,
+                counters,
             });
             ctls.push(ctl_tx);
         }
@@ -386,6 +390,22 @@ impl Store {
     /// The shard the calling thread runs, if it is one of this store's shard threads.
     pub fn current_shard(&self) -> Option<usize> {
         local_shard(self.inner.id).map(|s| s.id())
+    }
+
+    /// Messages shard `shard` has sent to other shards since the store opened (see
+    /// the shard counters): what a thread-per-core path should keep near zero per message.
+    pub fn cross_shard_sends(&self, shard: usize) -> Option<u64> {
+        let h = self.inner.shards.get(shard)?;
+        Some(h.counters.cross_shard_sends.load(Ordering::Relaxed))
+    }
+
+    /// Counts a request this thread hands to shard `to`, when this thread is another shard.
+    fn count_hop(&self, to: usize) {
+        if let Some(here) = local_shard(self.inner.id) {
+            if here.id() != to {
+                here.counters.hop();
+            }
+        }
     }
 
     /// Appends one message. The append happens now, in call order (on a shard thread it goes
@@ -737,6 +757,7 @@ impl Store {
         shard: usize,
         make: impl FnOnce(flume::Sender<T>) -> Request,
     ) -> impl Future<Output = Option<T>> + Send + 'static {
+        self.count_hop(shard);
         let tx = self.inner.shards.get(shard).map(|s| s.tx.clone());
         let (rtx, rrx) = flume::bounded(1);
         let request = make(rtx);

@@ -66,6 +66,17 @@ fn render(broker: &Broker) -> String {
             let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {written}");
         }
     }
+    let name = "shardmq_cross_shard_sends_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Messages a shard sent to other shards (reservations, dispatch, \
+         requests handed to a queue's owner).\n# TYPE {name} counter"
+    );
+    for shard in 0..broker.store.shards() {
+        if let Some(n) = broker.store.cross_shard_sends(shard) {
+            let _ = writeln!(out, "{name}{{shard=\"{shard}\"}} {n}");
+        }
+    }
     let name = "shardmq_consumer_lag_messages";
     let _ = writeln!(
         out,

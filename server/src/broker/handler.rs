@@ -619,6 +619,9 @@ fn status(broker: &Broker) -> KeyValues {
                 format!("written {min}, flushed {max}"),
             ));
         }
+        if let Some(n) = broker.store.cross_shard_sends(shard) {
+            entries.push((format!("cross_shard_sends_{shard}"), n.to_string()));
+        }
     }
     KeyValues { entries }
 }
