@@ -43,7 +43,7 @@ pub mod uniq;
 pub use conn::{Connection, ResponseFuture};
 pub use consumer::{
     ConsumeContext, ConsumeFrom, ConsumeStatus, MessageModel, OrderlyStatus, PullConsumer,
-    PullConsumerBuilder, PullResult, PullStatus, PushConsumer, PushConsumerBuilder,
+    PullConsumerBuilder, PullOptions, PullResult, PullStatus, PushConsumer, PushConsumerBuilder,
 };
 pub use error::ClientError;
 pub use fault::LatencyFaultTolerance;

@@ -71,6 +71,33 @@ pub fn read_addr<'a>(route: &'a TopicRoute, broker_name: &str) -> Option<&'a str
         .map(|(_, a)| a.as_str())
 }
 
+/// Where `queue_id` of `topic` is served by the member at `addr` of `broker_name`'s group:
+/// the address of the shard that owns the queue when that broker advertises one per shard
+/// (`shardmq_protocol::shards`), so the queue's requests reach its owner's core directly;
+/// else `addr` itself.
+pub fn queue_addr(
+    route: &TopicRoute,
+    broker_name: &str,
+    addr: &str,
+    topic: &str,
+    queue_id: u32,
+) -> String {
+    let shards = route
+        .brokers
+        .iter()
+        .filter(|b| b.broker_name == broker_name)
+        .find_map(|b| {
+            let (id, _) = b.addrs.iter().find(|(_, a)| a == addr)?;
+            b.shard_addrs.iter().find(|(i, _)| i == id).map(|(_, s)| s)
+        });
+    match shards {
+        Some(s) if !s.is_empty() => {
+            s[shardmq_protocol::shards::queue_shard(topic, queue_id, s.len())].clone()
+        }
+        _ => addr.to_string(),
+    }
+}
+
 fn queues_where(
     topic: &str,
     route: &TopicRoute,
@@ -92,7 +119,7 @@ fn queues_where(
                 broker_name: q.broker_name.clone(),
                 queue_id,
             },
-            addr: addr.to_string(),
+            addr: queue_addr(route, &q.broker_name, addr, topic, queue_id),
         }));
     }
     out

@@ -281,6 +281,9 @@ async fn catch_up(cqs: &Rc<ConsumeQueues>, batches: Vec<DispatchBatch>) -> Resul
 /// The shard's request loop: until shutdown, or until every sender is gone (a dropped store).
 async fn serve(shard: &Rc<Shard>, rx: &flume::Receiver<Request>, intake: &flume::Receiver<Intake>) {
     while let Ok(request) = rx.recv_async().await {
+        let Some(request) = serve_query(shard, request) else {
+            continue;
+        };
         match request {
             Request::Put(msgs, sink) => {
                 // Off-shard callers wait for room rather than get `Busy`: the bounded channel
@@ -293,56 +296,13 @@ async fn serve(shard: &Rc<Shard>, rx: &flume::Receiver<Request>, intake: &flume:
                     Err(e) => sink.fail(e),
                 }
             }
-            Request::Read(shard_id, offset, reply) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let _ = reply.send(shard.reader.read(shard_id, offset, None).await);
-                })
-                .detach();
-            }
-            Request::Get(req, reply) => {
-                let shard = shard.clone();
-                if let Err(e) = shard.admit_read(&req.topic, req.queue_id) {
-                    let _ = reply.send(Err(e));
-                    continue;
-                }
-                glommio::spawn_local(async move {
-                    settled(&shard, &req.topic, req.queue_id, Some(req.offset)).await;
-                    let _ = reply.send(shard.cqs.get(&shard.reader, &req).await);
-                })
-                .detach();
-            }
-            Request::Offsets(topic, queue_id, reply) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    settled(&shard, &topic, queue_id, None).await;
-                    let _ = reply.send(shard.cqs.offsets(&topic, queue_id));
-                })
-                .detach();
-            }
-            Request::Times(topic, queue_id, from, max, reply) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let times = shard.cqs.entry_times(&topic, queue_id, from, max).await;
-                    let _ = reply.send(times);
-                })
-                .detach();
-            }
-            Request::OffsetForTime(topic, queue_id, at_ms, reply) => {
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let cold = shard
-                        .cqs
-                        .cold_offset_for_time(&topic, queue_id, at_ms)
-                        .await;
-                    let _ = reply
-                        .send(cold.or_else(|| shard.cqs.offset_for_time(&topic, queue_id, at_ms)));
-                })
-                .detach();
-            }
-            Request::Wait(topic, queue_id, offset, timeout, reply) => {
-                wait_for(shard, &topic, queue_id, offset, timeout, reply);
-            }
+            // Served by `serve_query` above.
+            Request::Read(..)
+            | Request::Get(..)
+            | Request::Offsets(..)
+            | Request::Times(..)
+            | Request::OffsetForTime(..)
+            | Request::Wait(..) => {}
             Request::Run(job) => job(),
             Request::DispatchAccepted(reply) => {
                 // A task of the CommitLog's, so that stopping the shard cancels it (it may be
@@ -365,6 +325,67 @@ async fn serve(shard: &Rc<Shard>, rx: &flume::Receiver<Request>, intake: &flume:
             }
         }
     }
+}
+
+/// Serves a read-side request (reads, gets, offsets, waits: each answered by a task of its
+/// own, never awaited here); gives any other request back. The request loop calls it first,
+/// and `Store` calls it directly when the caller already runs on the owning shard, so such
+/// a query crosses no channel.
+pub(crate) fn serve_query(shard: &Rc<Shard>, request: Request) -> Option<Request> {
+    match request {
+        Request::Read(shard_id, offset, reply) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let _ = reply.send(shard.reader.read(shard_id, offset, None).await);
+            })
+            .detach();
+        }
+        Request::Get(req, reply) => {
+            let shard = shard.clone();
+            if let Err(e) = shard.admit_read(&req.topic, req.queue_id) {
+                let _ = reply.send(Err(e));
+                return None;
+            }
+            glommio::spawn_local(async move {
+                settled(&shard, &req.topic, req.queue_id, Some(req.offset)).await;
+                let _ = reply.send(shard.cqs.get(&shard.reader, &req).await);
+            })
+            .detach();
+        }
+        Request::Offsets(topic, queue_id, reply) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                settled(&shard, &topic, queue_id, None).await;
+                let _ = reply.send(shard.cqs.offsets(&topic, queue_id));
+            })
+            .detach();
+        }
+        Request::Times(topic, queue_id, from, max, reply) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let times = shard.cqs.entry_times(&topic, queue_id, from, max).await;
+                let _ = reply.send(times);
+            })
+            .detach();
+        }
+        Request::OffsetForTime(topic, queue_id, at_ms, reply) => {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                let cold = shard
+                    .cqs
+                    .cold_offset_for_time(&topic, queue_id, at_ms)
+                    .await;
+                let _ =
+                    reply.send(cold.or_else(|| shard.cqs.offset_for_time(&topic, queue_id, at_ms)));
+            })
+            .detach();
+        }
+        Request::Wait(topic, queue_id, offset, timeout, reply) => {
+            wait_for(shard, &topic, queue_id, offset, timeout, reply);
+        }
+        other => return Some(other),
+    }
+    None
 }
 
 /// Waits (at most the sync flush timeout) for the offsets of `(topic, queue)` reserved so

@@ -572,6 +572,7 @@ impl Store {
         Fut: Future<Output = T> + 'static,
         T: Send + 'static,
     {
+        self.count_hop(shard);
         let (otx, orx) = flume::bounded(1);
         let job: Job = Box::new(move || {
             glommio::spawn_local(async move {
@@ -757,11 +758,22 @@ impl Store {
         shard: usize,
         make: impl FnOnce(flume::Sender<T>) -> Request,
     ) -> impl Future<Output = Option<T>> + Send + 'static {
-        self.count_hop(shard);
-        let tx = self.inner.shards.get(shard).map(|s| s.tx.clone());
         let (rtx, rrx) = flume::bounded(1);
-        let request = make(rtx);
+        let mut request = Some(make(rtx));
+        // On the owning shard already: a query is served here, through no channel.
+        if let Some(here) = local_shard(self.inner.id).filter(|s| s.id() == shard) {
+            request = request.and_then(|r| crate::startup::serve_query(&here, r));
+        } else {
+            self.count_hop(shard);
+        }
+        let tx = match request {
+            Some(_) => self.inner.shards.get(shard).map(|s| s.tx.clone()),
+            None => None,
+        };
         async move {
+            let Some(request) = request else {
+                return rrx.recv_async().await.ok();
+            };
             tx?.send_async(request).await.ok()?;
             rrx.recv_async().await.ok()
         }

@@ -8,7 +8,9 @@
 //! - [`codes`]: the opcode and status tables;
 //! - [`wire`] and [`message`]: the typed fields of every request and response;
 //! - [`groups`]: the names a consumer group's broker and clients share (retry and
-//!   dead-letter topics).
+//!   dead-letter topics);
+//! - [`shards`]: which shard of a broker owns a queue, for clients that send each queue's
+//!   requests to its owner's address.
 //!
 //! A [`FrameError`] means the byte stream lost its framing (close the connection); a
 //! [`RequestError`] means one request is bad (answer it with its status and go on).
@@ -17,6 +19,7 @@ pub mod codes;
 pub mod frame;
 pub mod groups;
 pub mod message;
+pub mod shards;
 pub mod wire;
 
 pub use codes::{Opcode, Status};

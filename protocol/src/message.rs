@@ -304,6 +304,9 @@ wire_struct! {
         pub broker_id: u64,
         pub broker_addr: String,
         pub topics: Vec<TopicConfigData>,
+        /// One address per shard (index = shard; see `shards::queue_shard`), each served
+        /// by that shard alone; empty when the broker advertises none.
+        pub shard_addrs: Vec<String>,
     }
 }
 
@@ -322,6 +325,9 @@ wire_struct! {
         pub broker_name: String,
         /// (broker id, address).
         pub addrs: Vec<(u64, String)>,
+        /// (broker id, one address per shard): where each queue's owner shard is reached
+        /// directly; a broker id absent here advertises no shard addresses.
+        pub shard_addrs: Vec<(u64, Vec<String>)>,
     }
 }
 

@@ -50,6 +50,11 @@ pub struct BrokerSettings {
     /// A connection on which nothing moves this long (no byte read or written, no request
     /// being served) is closed; so is one whose client stopped taking its answers.
     pub connection_idle_timeout_ms: u64,
+    /// Whether every shard also listens on a port of its own, advertised to clients so that
+    /// they send each queue's requests to the shard that owns it (no cross-core hop).
+    pub shard_ports: bool,
+    /// Shard `s` listens on `shard_port_base + s`; 0 picks free ports (advertised).
+    pub shard_port_base: u16,
     /// A parked pull waits this long at most, whatever the client asks.
     pub long_poll_max_ms: u64,
     /// A pull returns this many bytes of messages at most.
@@ -86,6 +91,8 @@ impl Default for BrokerSettings {
             shard_out_max_bytes: 256 << 20,
             frame_timeout_ms: 30_000,
             connection_idle_timeout_ms: 120_000,
+            shard_ports: true,
+            shard_port_base: 0,
             long_poll_max_ms: 15_000,
             pull_bytes_max: 4 << 20,
             offsets_persist_interval_ms: 5_000,

@@ -239,6 +239,7 @@ fn run(mut c: ServerConfig, standalone: bool) -> Result<(), String> {
         "namesrv": namesrv.join(";"),
         "data_dir": data_dir.display().to_string(),
         "metrics": handle.metrics_addr.map(|a| a.to_string()),
+        "shards": handle.broker.shard_addrs.get().cloned().unwrap_or_default(),
     }));
     shardmq_server::wait_for_signal()?;
     let result = handle.shutdown();

@@ -15,7 +15,9 @@ use shardmq_protocol::{Frame, Request, Status};
 use crate::conn::Connection;
 use crate::error::ClientError;
 use crate::pool::ConnectionPool;
-use crate::route::{master_addr, parse_addrs, MessageQueue, TopicRouteCache, ROUTE_MAX_AGE};
+use crate::route::{
+    master_addr, parse_addrs, queue_addr, MessageQueue, TopicRouteCache, ROUTE_MAX_AGE,
+};
 use crate::rpc;
 
 /// How a pull went.
@@ -389,7 +391,15 @@ impl PullConsumer {
             Role::Master => master_addr(&route.route, &queue.broker_name),
             Role::Reader => route.read_addr(&queue.broker_name),
         };
-        Ok(addr.map(String::from))
+        Ok(addr.map(|a| {
+            queue_addr(
+                &route.route,
+                &queue.broker_name,
+                a,
+                &queue.topic,
+                queue.queue_id,
+            )
+        }))
     }
 }
 

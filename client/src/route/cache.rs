@@ -348,6 +348,7 @@ mod tests {
             cluster: "c".into(),
             broker_name: name.into(),
             addrs: addrs.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+            shard_addrs: Vec::new(),
         };
         let cluster = ClusterInfo {
             brokers: vec![

@@ -11,6 +11,7 @@ fn broker(name: &str, addrs: &[(u64, &str)]) -> BrokerData {
         cluster: "c".into(),
         broker_name: name.into(),
         addrs: addrs.iter().map(|(id, a)| (*id, a.to_string())).collect(),
+        shard_addrs: Vec::new(),
     }
 }
 

@@ -373,6 +373,7 @@ pub fn route_over(brokers: &[&FakeBroker], queues: u32) -> TopicRoute {
                 cluster: "test".into(),
                 broker_name: b.name().to_string(),
                 addrs: vec![(0, b.addr())],
+                shard_addrs: Vec::new(),
             })
             .collect(),
         queues: brokers

@@ -73,13 +73,25 @@ pub struct ShardLoad {
     answers: Rc<Budget>,
 }
 
-/// Accepts until the broker stops.
-pub async fn accept_loop(broker: Arc<Broker>, listener: TcpListener) {
+/// Serves a shard's listeners (the port all shards share, and its own) until the broker
+/// stops; their connections share the shard's caps.
+pub async fn serve_shard(broker: Arc<Broker>, listeners: Vec<TcpListener>) {
     let load = Rc::new(ShardLoad {
         request_bytes: Cell::new(0),
         connections: Cell::new(0),
         answers: Rc::new(Budget::new(broker.settings.shard_out_max_bytes)),
     });
+    let loops: Vec<_> = listeners
+        .into_iter()
+        .map(|l| glommio::spawn_local(accept_loop(broker.clone(), load.clone(), l)))
+        .collect();
+    for l in loops {
+        l.await;
+    }
+}
+
+/// Accepts until the broker stops.
+async fn accept_loop(broker: Arc<Broker>, load: Rc<ShardLoad>, listener: TcpListener) {
     loop {
         let next = futures_lite::future::or(async { Some(listener.accept().await) }, async {
             broker.stopped().await;

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use shardmq_engine::{
-    GetRequest, GetStatus, MessageInput, Perm, PutResult, PutStatus, QueueMessage, StoredMessage,
-    TagFilter, TopicUpdate,
+    GetRequest, GetStatus, MessageInput, Perm, PutError, PutResult, PutStatus, QueueMessage,
+    StoredMessage, TagFilter, TopicUpdate,
 };
 use shardmq_protocol::message::{
     BatchEntry, Empty, KeyValues, OffsetResponse, PullMessageRequest, PullMessageResponse,
@@ -233,6 +233,43 @@ fn send_result(broker: &Broker, queue_id: u32, r: &PutResult) -> SendResult {
     }
 }
 
+/// The shard that owns a put's queue, when it is not the one this request runs on.
+fn foreign_owner(broker: &Broker, msg: &MessageInput) -> Option<usize> {
+    let owner = broker.store.queue_shard(&msg.topic, msg.queue_id);
+    let here = broker.store.current_shard()?;
+    (here != owner).then_some(owner)
+}
+
+/// Puts `msg` on the shard that owns its queue: here when this is that shard, else handed to
+/// the owner whole (one hop there and the answer back) rather than appended here with a
+/// reservation round trip to the owner and a dispatch to it after the write. Shard-aware
+/// clients send each queue's puts to its owner's port, so this is the path of the others.
+async fn put_on_owner(broker: &Broker, msg: MessageInput) -> Result<PutResult, PutError> {
+    let Some(owner) = foreign_owner(broker, &msg) else {
+        return broker.store.put_message(msg).await;
+    };
+    let store = broker.store.clone();
+    let on_owner = broker
+        .store
+        .spawn_on(owner, move || async move { store.put_message(msg).await });
+    on_owner.await.unwrap_or(Err(PutError::ShuttingDown))
+}
+
+/// [`put_on_owner`] for a batch (one topic and queue).
+async fn put_batch_on_owner(
+    broker: &Broker,
+    msgs: Vec<MessageInput>,
+) -> Result<Vec<PutResult>, PutError> {
+    let Some(owner) = msgs.first().and_then(|m| foreign_owner(broker, m)) else {
+        return broker.store.put_messages(msgs).await;
+    };
+    let store = broker.store.clone();
+    let on_owner = broker
+        .store
+        .spawn_on(owner, move || async move { store.put_messages(msgs).await });
+    on_owner.await.unwrap_or(Err(PutError::ShuttingDown))
+}
+
 async fn send(broker: &Broker, h: &Header, r: SendMessageRequest, peer: SocketAddr) -> Frame {
     let max = broker.settings.message_max_bytes;
     if let Err(refusal) = check::check_send(
@@ -279,7 +316,7 @@ async fn send(broker: &Broker, h: &Header, r: SendMessageRequest, peer: SocketAd
         ));
     }
     let created = broker.store.topic(&msg.topic).is_none();
-    match broker.store.put_message(msg).await {
+    match put_on_owner(broker, msg).await {
         Ok(res) => {
             if created {
                 broker.topics_changed();
@@ -328,7 +365,7 @@ async fn send_batch(
         .into_iter()
         .map(|e| message_input(topic.clone(), queue_id, e, 0, 0, peer))
         .collect();
-    match broker.store.put_messages(msgs).await {
+    match put_batch_on_owner(broker, msgs).await {
         Ok(results) => {
             if created {
                 broker.topics_changed();

@@ -46,6 +46,9 @@ pub struct Broker {
     requests: AtomicUsize,
     /// Wakes the registration thread when the topic table changed.
     topics_tx: flume::Sender<()>,
+    /// One advertised address per shard (its own port, served by that shard alone), set
+    /// once every shard listens; empty when `shard_ports` is off.
+    pub shard_addrs: std::sync::OnceLock<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,18 +202,38 @@ pub fn start(
         stop_rx,
         requests: AtomicUsize::new(0),
         topics_tx,
+        shard_addrs: std::sync::OnceLock::new(),
     });
-    // Every shard binds the same port (SO_REUSEPORT).
+    // Every shard binds the same port (SO_REUSEPORT: the kernel picks a connection's shard)
+    // and, with `shard_ports`, a port of its own (`shard_port_base + shard`, or a free one)
+    // that shard-aware clients use to reach each queue's owner directly.
     let mut addr = listen;
     let mut accept_tasks = Vec::new();
+    let mut shard_addrs = Vec::new();
     for shard in 0..store.shards() {
+        let own = settings.shard_ports.then(|| {
+            let mut a = listen;
+            a.set_port(match settings.shard_port_base {
+                0 => 0,
+                base => base.saturating_add(shard as u16),
+            });
+            a
+        });
         let (b, want) = (broker.clone(), addr);
         let (tx, rx) = flume::bounded(1);
         let task = store.spawn_on(shard, move || async move {
-            match TcpListenerBind::bind(want) {
-                Ok(l) => {
-                    let _ = tx.send(Ok(l.local_addr().unwrap_or(want)));
-                    conn::accept_loop(b, l).await;
+            let bound = TcpListenerBind::bind(want).and_then(|shared| {
+                let own = own.map(TcpListenerBind::bind).transpose()?;
+                Ok((shared, own))
+            });
+            match bound {
+                Ok((shared, own)) => {
+                    let local = |l: &glommio::net::TcpListener| l.local_addr().ok();
+                    let _ = tx.send(Ok((
+                        local(&shared).unwrap_or(want),
+                        own.as_ref().and_then(local),
+                    )));
+                    conn::serve_shard(b, std::iter::once(shared).chain(own).collect()).await;
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e.to_string()));
@@ -218,7 +241,7 @@ pub fn start(
             }
         });
         accept_tasks.push(Box::pin(task) as std::pin::Pin<Box<_>>);
-        let bound = rx
+        let (bound, own) = rx
             .recv_timeout(Duration::from_secs(30))
             .map_err(|_| BrokerError::Listen {
                 addr: want,
@@ -226,7 +249,11 @@ pub fn start(
             })?
             .map_err(|reason| BrokerError::Listen { addr: want, reason })?;
         addr = bound;
+        if let Some(own) = own {
+            shard_addrs.push(format!("{}:{}", advertised_host(&advertised), own.port()));
+        }
     }
+    let _ = broker.shard_addrs.set(shard_addrs);
     let register =
         register::Registrar::start(broker.clone(), advertised.clone(), namesrv, topics_rx);
     let persister = {
@@ -268,6 +295,13 @@ pub fn start(
         register,
         persister,
     })
+}
+
+/// The host part of an advertised `host:port` address.
+fn advertised_host(advertised: &str) -> &str {
+    advertised
+        .rsplit_once(':')
+        .map_or(advertised, |(host, _)| host)
 }
 
 /// glommio's listener, named for what it does here (it sets SO_REUSEPORT itself).

@@ -78,6 +78,7 @@ fn register_all(broker: &Broker, advertised: &str, namesrv: &[String]) {
         broker_id: s.broker_id,
         broker_addr: advertised.to_owned(),
         topics: broker.topic_configs(),
+        shard_addrs: broker.shard_addrs.get().cloned().unwrap_or_default(),
     });
     for addr in namesrv {
         match rpc::call(addr, &req, CALL_TIMEOUT) {

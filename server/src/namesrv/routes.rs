@@ -16,8 +16,13 @@ struct Live {
     broker_name: String,
     broker_id: u64,
     topics: Vec<TopicConfigData>,
+    /// One address per shard, when the broker advertises them.
+    shard_addrs: Vec<String>,
     last_seen: Instant,
 }
+
+/// A group's members as the wire lists them: (broker id, address, shard addresses).
+type Members = Vec<(u64, String, Vec<String>)>;
 
 /// Brokers by address.
 #[derive(Debug, Default)]
@@ -35,6 +40,7 @@ impl RouteTable {
                 broker_name: r.broker_name,
                 broker_id: r.broker_id,
                 topics: r.topics,
+                shard_addrs: r.shard_addrs,
                 last_seen: now,
             },
         );
@@ -62,7 +68,7 @@ impl RouteTable {
     /// Where `topic` lives: every broker group serving it (with all its live addresses) and
     /// its queues per group (from the group's master when it is alive, else any member).
     pub fn route(&self, topic: &str) -> Option<TopicRoute> {
-        let mut groups: BTreeMap<(&str, &str), Vec<(u64, String)>> = BTreeMap::new();
+        let mut groups: BTreeMap<(&str, &str), Members> = BTreeMap::new();
         let mut queues: BTreeMap<&str, (u64, QueueData)> = BTreeMap::new();
         for (addr, b) in &self.brokers {
             let Some(t) = b.topics.iter().find(|t| t.topic == topic) else {
@@ -71,7 +77,7 @@ impl RouteTable {
             groups
                 .entry((&b.cluster, &b.broker_name))
                 .or_default()
-                .push((b.broker_id, addr.clone()));
+                .push((b.broker_id, addr.clone(), b.shard_addrs.clone()));
             let q = QueueData {
                 broker_name: b.broker_name.clone(),
                 read_queues: t.read_queues,
@@ -97,13 +103,13 @@ impl RouteTable {
 
     /// Every broker group with its live addresses, and the groups of each cluster.
     pub fn cluster_info(&self) -> ClusterInfo {
-        let mut groups: BTreeMap<(&str, &str), Vec<(u64, String)>> = BTreeMap::new();
+        let mut groups: BTreeMap<(&str, &str), Members> = BTreeMap::new();
         let mut clusters: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
         for (addr, b) in &self.brokers {
             groups
                 .entry((&b.cluster, &b.broker_name))
                 .or_default()
-                .push((b.broker_id, addr.clone()));
+                .push((b.broker_id, addr.clone(), b.shard_addrs.clone()));
             clusters
                 .entry(&b.cluster)
                 .or_default()
@@ -130,15 +136,20 @@ impl RouteTable {
 }
 
 /// Broker groups as the wire lists them, each group's addresses sorted by broker id.
-fn broker_data(groups: BTreeMap<(&str, &str), Vec<(u64, String)>>) -> Vec<BrokerData> {
+fn broker_data(groups: BTreeMap<(&str, &str), Members>) -> Vec<BrokerData> {
     groups
         .into_iter()
-        .map(|((cluster, name), mut addrs)| {
-            addrs.sort();
+        .map(|((cluster, name), mut members)| {
+            members.sort();
             BrokerData {
                 cluster: cluster.to_owned(),
                 broker_name: name.to_owned(),
-                addrs,
+                addrs: members.iter().map(|(id, a, _)| (*id, a.clone())).collect(),
+                shard_addrs: members
+                    .into_iter()
+                    .filter(|(_, _, shards)| !shards.is_empty())
+                    .map(|(id, _, shards)| (id, shards))
+                    .collect(),
             }
         })
         .collect()
@@ -164,7 +175,24 @@ mod tests {
                     order: false,
                 })
                 .collect(),
+            shard_addrs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn shard_addresses_travel_with_their_broker_id() {
+        let mut t = RouteTable::default();
+        let now = Instant::now();
+        let mut master = reg("m:1", "b", 0, &[("T", 4)]);
+        master.shard_addrs = vec!["m:2".into(), "m:3".into()];
+        t.register(master, now);
+        t.register(reg("s:1", "b", 1, &[("T", 4)]), now);
+        let route = t.route("T").unwrap();
+        assert_eq!(
+            route.brokers[0].shard_addrs,
+            vec![(0, vec!["m:2".to_string(), "m:3".to_string()])]
+        );
+        assert_eq!(t.cluster_info().brokers[0].shard_addrs.len(), 1);
     }
 
     #[test]
