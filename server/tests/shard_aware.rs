@@ -116,3 +116,18 @@ fn shard_aware_clients_cross_no_shard_and_others_still_get_everything_in_order()
     let want: Vec<String> = (0..100).map(|i| format!("p{i:03}")).collect();
     assert_eq!(bodies, want, "every message, in order");
 }
+
+#[test]
+fn clients_and_the_store_agree_on_which_shard_owns_a_queue() {
+    for shards in 1..=8 {
+        for topic in ["T", "Orders", "%RETRY%g", "SCHEDULE_TOPIC_XXXX", "é-topic"] {
+            for q in 0..64 {
+                assert_eq!(
+                    shardmq_protocol::shards::queue_shard(topic, q, shards),
+                    shardmq_engine::meta::queue_shard(topic, q, shards),
+                    "{topic}:{q} of {shards}"
+                );
+            }
+        }
+    }
+}
