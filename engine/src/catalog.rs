@@ -338,6 +338,16 @@ impl TopicView {
         route.admit(topic, queue_id)
     }
 
+    /// Whether `topic` exists (and is not being deleted), from the snapshot: no lock.
+    pub fn exists(&self, topic: &str) -> bool {
+        self.refresh();
+        self.seen
+            .borrow()
+            .routes
+            .get(topic)
+            .is_some_and(|r| !r.deleting)
+    }
+
     /// Checks that a consumer may read `(topic, queue_id)`: the topic is readable and the
     /// queue within its read queues. A topic the table does not know is not checked here
     /// (its queues do not exist, and the read says so).

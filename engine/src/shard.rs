@@ -751,6 +751,11 @@ impl Shard {
         }
     }
 
+    /// Whether `topic` exists, from this shard's snapshot of the topic table.
+    pub(crate) fn topic_exists(&self, topic: &str) -> bool {
+        self.catalog.exists(topic)
+    }
+
     fn count_hop(&self, to: usize) {
         if to != self.id {
             self.counters.hop();

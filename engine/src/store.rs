@@ -688,6 +688,16 @@ impl Store {
         self.inner.catalog.get(name)
     }
 
+    /// Whether topic `name` exists (and is not being deleted). On a shard thread it reads the
+    /// shard's snapshot of the topic table (no lock, nothing cloned: the per-request check);
+    /// elsewhere the catalog.
+    pub fn topic_exists(&self, name: &str) -> bool {
+        match local_shard(self.inner.id) {
+            Some(shard) => shard.topic_exists(name),
+            None => self.inner.catalog.get(name).is_some(),
+        }
+    }
+
     /// Deletes a topic with its queues and returns its last config. Once this resolves, the
     /// topic's messages and offsets are gone for good: a topic created again under the name
     /// (a new generation) starts every queue at offset 0 with only its own messages, also

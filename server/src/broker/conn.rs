@@ -76,6 +76,9 @@ pub struct ShardLoad {
 /// Serves a shard's listeners (the port all shards share, and its own) until the broker
 /// stops; their connections share the shard's caps.
 pub async fn serve_shard(broker: Arc<Broker>, listeners: Vec<TcpListener>) {
+    if let Some(shard) = broker.store.current_shard() {
+        super::metrics::Metrics::enter_shard(shard);
+    }
     let load = Rc::new(ShardLoad {
         request_bytes: Cell::new(0),
         connections: Cell::new(0),
@@ -102,7 +105,7 @@ async fn accept_loop(broker: Arc<Broker>, load: Rc<ShardLoad>, listener: TcpList
             None => return,
             Some(Ok(stream)) => {
                 if load.connections.get() >= broker.settings.shard_connections_max {
-                    broker.metrics.busy.fetch_add(1, Ordering::Relaxed);
+                    broker.metrics.here().busy.fetch_add(1, Ordering::Relaxed);
                     drop(stream);
                     continue;
                 }
@@ -174,6 +177,7 @@ impl Drop for ConnGuard {
         self.load.connections.set(self.load.connections.get() - 1);
         self.broker
             .metrics
+            .here()
             .connections
             .fetch_sub(1, Ordering::Relaxed);
     }
@@ -194,7 +198,11 @@ enum End {
 
 async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
     load.connections.set(load.connections.get() + 1);
-    broker.metrics.connections.fetch_add(1, Ordering::Relaxed);
+    broker
+        .metrics
+        .here()
+        .connections
+        .fetch_add(1, Ordering::Relaxed);
     let _guard = ConnGuard {
         broker: broker.clone(),
         load: load.clone(),
@@ -490,7 +498,7 @@ fn dispatch(conn: &Rc<Conn>, frame: Frame) {
     if conn.in_flight.get() >= broker.settings.connection_requests_max
         || load.request_bytes.get() + size > broker.settings.shard_request_bytes_max
     {
-        broker.metrics.busy.fetch_add(1, Ordering::Relaxed);
+        broker.metrics.here().busy.fetch_add(1, Ordering::Relaxed);
         answer(error_response(
             &h,
             Status::SystemBusy,

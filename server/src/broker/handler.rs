@@ -39,7 +39,7 @@ async fn reserve(
     match broker.until_stopped(answers.reserve(need)).await {
         Some(Ok(grant)) => Ok(grant),
         Some(Err(ShardBusy)) => {
-            broker.metrics.busy.fetch_add(1, Ordering::Relaxed);
+            broker.metrics.here().busy.fetch_add(1, Ordering::Relaxed);
             Err(error_response(
                 h,
                 Status::SystemBusy,
@@ -70,19 +70,19 @@ pub async fn handle(broker: &Broker, frame: Frame, ctx: &ConnCtx) -> Frame {
         Request::SendMessage(r) => {
             let t = Instant::now();
             let reply = send(broker, &h, r, peer).await;
-            broker.metrics.put_latency.record(t.elapsed());
+            broker.metrics.here().put_latency.record(t.elapsed());
             reply
         }
         Request::SendBatch(r) => {
             let t = Instant::now();
             let reply = send_batch(broker, &h, r.topic, r.queue_id, r.entries, peer).await;
-            broker.metrics.put_latency.record(t.elapsed());
+            broker.metrics.here().put_latency.record(t.elapsed());
             reply
         }
         Request::PullMessage(r) => {
             let t = Instant::now();
             let reply = pull(broker, &h, r, &ctx.answers).await;
-            broker.metrics.pull_latency.record(t.elapsed());
+            broker.metrics.here().pull_latency.record(t.elapsed());
             reply
         }
         Request::ViewMessageById(r) => {
@@ -280,7 +280,11 @@ async fn send(broker: &Broker, h: &Header, r: SendMessageRequest, peer: SocketAd
         r.deliver_at_ms,
         max,
     ) {
-        broker.metrics.refused.fetch_add(1, Ordering::Relaxed);
+        broker
+            .metrics
+            .here()
+            .refused
+            .fetch_add(1, Ordering::Relaxed);
         return refused(h, refusal);
     }
     let bytes = r.body.len() as u64;
@@ -315,13 +319,13 @@ async fn send(broker: &Broker, h: &Header, r: SendMessageRequest, peer: SocketAd
             r.deliver_at_ms.to_string(),
         ));
     }
-    let created = broker.store.topic(&msg.topic).is_none();
+    let created = !broker.store.topic_exists(&msg.topic);
     match put_on_owner(broker, msg).await {
         Ok(res) => {
             if created {
                 broker.topics_changed();
             }
-            broker.metrics.put(1, bytes);
+            broker.metrics.here().put(1, bytes);
             match res.status {
                 PutStatus::PutOk => {
                     response(h, Status::Success, &send_result(broker, queue_id, &res))
@@ -334,7 +338,11 @@ async fn send(broker: &Broker, h: &Header, r: SendMessageRequest, peer: SocketAd
             }
         }
         Err(e) => {
-            broker.metrics.refused.fetch_add(1, Ordering::Relaxed);
+            broker
+                .metrics
+                .here()
+                .refused
+                .fetch_add(1, Ordering::Relaxed);
             refused(h, put_refusal(&e))
         }
     }
@@ -360,7 +368,7 @@ async fn send_batch(
         return response(h, Status::Success, &SendBatchResponse { results: vec![] });
     }
     let n = entries.len() as u64;
-    let created = broker.store.topic(&topic).is_none();
+    let created = !broker.store.topic_exists(&topic);
     let msgs = entries
         .into_iter()
         .map(|e| message_input(topic.clone(), queue_id, e, 0, 0, peer))
@@ -370,7 +378,7 @@ async fn send_batch(
             if created {
                 broker.topics_changed();
             }
-            broker.metrics.put(n, bytes);
+            broker.metrics.here().put(n, bytes);
             if results
                 .iter()
                 .any(|r| r.status == PutStatus::FlushDiskTimeout)
@@ -425,7 +433,7 @@ fn user_properties(m: &StoredMessage) -> Vec<(String, String)> {
 }
 
 async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest, answers: &Answers) -> Frame {
-    if broker.store.topic(&r.topic).is_none() {
+    if !broker.store.topic_exists(&r.topic) {
         return error_response(
             h,
             Status::TopicNotExist,
@@ -505,7 +513,7 @@ async fn pull(broker: &Broker, h: &Header, r: PullMessageRequest, answers: &Answ
         .iter()
         .map(|m| m.message.body.len() as u64)
         .sum();
-    broker.metrics.got(n, bytes);
+    broker.metrics.here().got(n, bytes);
     let fields = PullMessageResponse {
         next_begin_offset: res.next_begin_offset,
         min_offset: res.min_offset,
@@ -617,31 +625,25 @@ fn status(broker: &Broker) -> KeyValues {
         ("topics".to_owned(), broker.store.topics().len().to_string()),
         (
             "put_messages".to_owned(),
-            m.put_messages.load(Ordering::Relaxed).to_string(),
+            m.total(|s| &s.put_messages).to_string(),
         ),
         (
             "put_bytes".to_owned(),
-            m.put_bytes.load(Ordering::Relaxed).to_string(),
+            m.total(|s| &s.put_bytes).to_string(),
         ),
         (
             "get_messages".to_owned(),
-            m.get_messages.load(Ordering::Relaxed).to_string(),
+            m.total(|s| &s.get_messages).to_string(),
         ),
         (
             "get_bytes".to_owned(),
-            m.get_bytes.load(Ordering::Relaxed).to_string(),
+            m.total(|s| &s.get_bytes).to_string(),
         ),
-        (
-            "refused".to_owned(),
-            m.refused.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "busy".to_owned(),
-            m.busy.load(Ordering::Relaxed).to_string(),
-        ),
+        ("refused".to_owned(), m.total(|s| &s.refused).to_string()),
+        ("busy".to_owned(), m.total(|s| &s.busy).to_string()),
         (
             "connections".to_owned(),
-            m.connections.load(Ordering::Relaxed).to_string(),
+            m.total(|s| &s.connections).to_string(),
         ),
         ("clients".to_owned(), broker.clients.count().to_string()),
         (

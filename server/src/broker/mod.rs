@@ -185,8 +185,15 @@ pub fn start(
         store_config.store_host = a;
     }
     let store_host = store_config.store_host;
-    let offsets = ConsumerOffsets::open(&store_config.store_path)?;
+    let store_path = store_config.store_path.clone();
     let store = Store::open(store_config)?;
+    let offsets = match ConsumerOffsets::open(&store_path, store.shards()) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = futures_lite::future::block_on(store.shutdown());
+            return Err(e.into());
+        }
+    };
     let (stop_tx, stop_rx) = flume::bounded(1);
     let (topics_tx, topics_rx) = flume::bounded(1);
     let broker = Arc::new(Broker {
@@ -195,7 +202,7 @@ pub fn start(
         offsets,
         clients: Clients::default(),
         locks: locks::QueueLocks::new(ms(settings.queue_lock_ttl_ms)),
-        metrics: Metrics::default(),
+        metrics: Metrics::new(store.shards()),
         store_host,
         stopping: AtomicBool::new(false),
         stop_tx: Mutex::new(Some(stop_tx)),
