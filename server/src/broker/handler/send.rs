@@ -1,0 +1,216 @@
+//! SendMessage and SendBatch: checked, then put on the shard that owns the queue.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use shardmq_engine::{MessageInput, PutError, PutResult, PutStatus};
+use shardmq_protocol::message::{BatchEntry, SendBatchResponse, SendMessageRequest, SendResult};
+use shardmq_protocol::{error_response, response, Frame, Header, Status};
+
+use super::super::check::{self, put_refusal};
+use super::super::Broker;
+use super::{refused, UNIQ_KEY};
+
+pub(super) fn message_input(
+    topic: String,
+    queue_id: u32,
+    e: BatchEntry,
+    sys_flag: u32,
+    reconsume_times: u32,
+    peer: SocketAddr,
+) -> MessageInput {
+    let mut properties = e.properties;
+    if !e.unique_id.is_empty() {
+        properties.push((UNIQ_KEY.into(), e.unique_id));
+    }
+    let mut m = MessageInput::new(topic, queue_id, e.body);
+    m.tags = (!e.tags.is_empty()).then_some(e.tags);
+    m.keys = (!e.keys.is_empty()).then_some(e.keys);
+    m.properties = properties;
+    m.flag = e.flags;
+    m.sys_flag = sys_flag;
+    m.reconsume_times = reconsume_times;
+    m.born_timestamp_ms = e.born_timestamp_ms;
+    m.born_host = peer;
+    m
+}
+
+fn send_result(broker: &Broker, queue_id: u32, r: &PutResult) -> SendResult {
+    SendResult {
+        msg_id: shardmq_engine::msgid::encode(broker.store_host, r.shard, r.offset),
+        queue_id,
+        queue_offset: r.queue_offset.unwrap_or(u64::MAX),
+        store_timestamp_ms: r.store_timestamp_ms,
+    }
+}
+
+/// The shard that owns a put's queue, when it is not the one this request runs on.
+fn foreign_owner(broker: &Broker, msg: &MessageInput) -> Option<usize> {
+    let owner = broker.store.queue_shard(&msg.topic, msg.queue_id);
+    let here = broker.store.current_shard()?;
+    (here != owner).then_some(owner)
+}
+
+/// Puts `msg` on the shard that owns its queue: here when this is that shard, else handed to
+/// the owner whole (one hop there and the answer back) rather than appended here with a
+/// reservation round trip to the owner and a dispatch to it after the write. Shard-aware
+/// clients send each queue's puts to its owner's port, so this is the path of the others.
+async fn put_on_owner(broker: &Broker, msg: MessageInput) -> Result<PutResult, PutError> {
+    let Some(owner) = foreign_owner(broker, &msg) else {
+        return broker.store.put_message(msg).await;
+    };
+    let store = broker.store.clone();
+    let on_owner = broker
+        .store
+        .spawn_on(owner, move || async move { store.put_message(msg).await });
+    on_owner.await.unwrap_or(Err(PutError::ShuttingDown))
+}
+
+/// [`put_on_owner`] for a batch (one topic and queue).
+async fn put_batch_on_owner(
+    broker: &Broker,
+    msgs: Vec<MessageInput>,
+) -> Result<Vec<PutResult>, PutError> {
+    let Some(owner) = msgs.first().and_then(|m| foreign_owner(broker, m)) else {
+        return broker.store.put_messages(msgs).await;
+    };
+    let store = broker.store.clone();
+    let on_owner = broker
+        .store
+        .spawn_on(owner, move || async move { store.put_messages(msgs).await });
+    on_owner.await.unwrap_or(Err(PutError::ShuttingDown))
+}
+
+pub(super) async fn send(
+    broker: &Broker,
+    h: &Header,
+    r: SendMessageRequest,
+    peer: SocketAddr,
+) -> Frame {
+    let max = broker.settings.message_max_bytes;
+    if let Err(refusal) = check::check_send(
+        &r.topic,
+        r.body.len(),
+        r.sys_flag,
+        r.delay_level,
+        r.deliver_at_ms,
+        max,
+    ) {
+        broker
+            .metrics
+            .here()
+            .refused
+            .fetch_add(1, Ordering::Relaxed);
+        return refused(h, refusal);
+    }
+    let bytes = r.body.len() as u64;
+    let entry = BatchEntry {
+        unique_id: r.unique_id,
+        tags: r.tags,
+        keys: r.keys,
+        flags: r.flags,
+        born_timestamp_ms: r.born_timestamp_ms,
+        properties: r.properties,
+        body: r.body,
+    };
+    let queue_id = r.queue_id;
+    let mut msg = message_input(
+        r.topic,
+        queue_id,
+        entry,
+        r.sys_flag,
+        r.reconsume_times,
+        peer,
+    );
+    // Delays travel as properties; the store moves the message to the schedule topic.
+    if r.delay_level > 0 {
+        msg.properties.push((
+            shardmq_engine::schedule::plan::PROP_DELAY_LEVEL.into(),
+            r.delay_level.to_string(),
+        ));
+    }
+    if r.deliver_at_ms != 0 {
+        msg.properties.push((
+            shardmq_engine::schedule::plan::PROP_DELIVER_AT.into(),
+            r.deliver_at_ms.to_string(),
+        ));
+    }
+    let created = !broker.store.topic_exists(&msg.topic);
+    match put_on_owner(broker, msg).await {
+        Ok(res) => {
+            if created {
+                broker.topics_changed();
+            }
+            broker.metrics.here().put(1, bytes);
+            match res.status {
+                PutStatus::PutOk => {
+                    response(h, Status::Success, &send_result(broker, queue_id, &res))
+                }
+                PutStatus::FlushDiskTimeout => error_response(
+                    h,
+                    Status::FlushDiskTimeout,
+                    "stored, but no fdatasync covered it within the sync flush timeout",
+                ),
+            }
+        }
+        Err(e) => {
+            broker
+                .metrics
+                .here()
+                .refused
+                .fetch_add(1, Ordering::Relaxed);
+            refused(h, put_refusal(&e))
+        }
+    }
+}
+
+pub(super) async fn send_batch(
+    broker: &Broker,
+    h: &Header,
+    topic: String,
+    queue_id: u32,
+    entries: Vec<BatchEntry>,
+    peer: SocketAddr,
+) -> Frame {
+    let max = broker.settings.message_max_bytes;
+    let mut bytes = 0u64;
+    for e in &entries {
+        if let Err(refusal) = check::check_send(&topic, e.body.len(), 0, 0, 0, max) {
+            return refused(h, refusal);
+        }
+        bytes += e.body.len() as u64;
+    }
+    if entries.is_empty() {
+        return response(h, Status::Success, &SendBatchResponse { results: vec![] });
+    }
+    let n = entries.len() as u64;
+    let created = !broker.store.topic_exists(&topic);
+    let msgs = entries
+        .into_iter()
+        .map(|e| message_input(topic.clone(), queue_id, e, 0, 0, peer))
+        .collect();
+    match put_batch_on_owner(broker, msgs).await {
+        Ok(results) => {
+            if created {
+                broker.topics_changed();
+            }
+            broker.metrics.here().put(n, bytes);
+            if results
+                .iter()
+                .any(|r| r.status == PutStatus::FlushDiskTimeout)
+            {
+                return error_response(
+                    h,
+                    Status::FlushDiskTimeout,
+                    "stored, but no fdatasync covered the batch within the sync flush timeout",
+                );
+            }
+            let results = results
+                .iter()
+                .map(|r| send_result(broker, queue_id, r))
+                .collect();
+            response(h, Status::Success, &SendBatchResponse { results })
+        }
+        Err(e) => refused(h, put_refusal(&e)),
+    }
+}
