@@ -66,21 +66,12 @@ fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 fn pipelined_pulls_never_read_hold_a_bounded_answer_budget_and_die_with_their_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tight.toml");
-    std::fs::write(
-        &config,
-        "[broker]\n\
-         connection_out_max_bytes = 4194304\n\
+    let broker = standalone_small(
+        dir.path(),
+        "connection_out_max_bytes = 4194304\n\
          pull_bytes_max = 4194304\n\
-         shutdown_grace_ms = 3000\n\
-         [store]\n\
-         write_buffer_max_bytes = 8388608\n\
-         tail_cache_bytes = 8388608\n\
-         read_cache_bytes = 8388608\n\
-         io_memory_bytes = 4194304\n",
-    )
-    .unwrap();
-    let broker = standalone(dir.path(), &["--config", config.to_str().unwrap()]);
+         shutdown_grace_ms = 3000\n",
+    );
     let addr = broker.get("broker");
     let mut admin = connect(&addr);
     create_topic(&mut admin, "Pulled", 1);

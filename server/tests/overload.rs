@@ -30,25 +30,16 @@ fn send(topic: &str, i: usize) -> Request {
 #[test]
 fn a_flood_past_the_caps_is_refused_busy_memory_stays_bounded_and_it_goes_through_after() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tight.toml");
     // Caps small enough that a 400 MiB flood must meet them.
-    std::fs::write(
-        &config,
-        "[broker]\n\
-         message_max_bytes = 1048576\n\
+    let broker = standalone_small(
+        dir.path(),
+        "message_max_bytes = 1048576\n\
          frame_max_bytes = 2097152\n\
          connection_requests_max = 16\n\
          shard_request_bytes_max = 4194304\n\
          connection_out_max_bytes = 1048576\n\
-         pull_bytes_max = 1048576\n\
-         [store]\n\
-         write_buffer_max_bytes = 8388608\n\
-         tail_cache_bytes = 8388608\n\
-         read_cache_bytes = 8388608\n\
-         io_memory_bytes = 4194304\n",
-    )
-    .unwrap();
-    let broker = standalone(dir.path(), &["--config", config.to_str().unwrap()]);
+         pull_bytes_max = 1048576\n",
+    );
     let addr = broker.get("broker");
     let mut admin = connect(&addr);
     create_topic(&mut admin, "Flood", 4);

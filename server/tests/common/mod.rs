@@ -84,6 +84,26 @@ pub fn spawn(args: &[&str], log_dir: &Path, name: &str) -> Proc {
     Proc { child, ready, log }
 }
 
+/// Store budgets small enough for a memory test to meet them (MiB per shard: I/O memory 4,
+/// write buffer 8, tail cache 8, read cache 8).
+pub const SMALL_STORE_TOML: &str = "[store]\n\
+     write_buffer_max_bytes = 8388608\n\
+     tail_cache_bytes = 8388608\n\
+     read_cache_bytes = 8388608\n\
+     io_memory_bytes = 4194304\n";
+
+/// `standalone` with `broker_toml` (lines of the `[broker]` table) and the store budgets of
+/// [`SMALL_STORE_TOML`], from a config file in `dir`.
+pub fn standalone_small(dir: &Path, broker_toml: &str) -> Proc {
+    let config = dir.join("small.toml");
+    std::fs::write(
+        &config,
+        format!("[broker]\n{broker_toml}{SMALL_STORE_TOML}"),
+    )
+    .expect("write the config file");
+    standalone(dir, &["--config", config.to_str().expect("utf-8 path")])
+}
+
 /// `shardmq standalone` on free ports with its data in `dir/data`.
 pub fn standalone(dir: &Path, extra: &[&str]) -> Proc {
     let data = dir.join("data");
