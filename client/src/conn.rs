@@ -184,17 +184,24 @@ impl Connection {
         done: Callback,
     ) -> Result<u64, ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = request.to_frame(id, false);
-        if let Err(err) = self.check_size(&frame) {
-            done(Err(self.copy_err(&err)));
-            return Err(err);
+        {
+            // Encoded straight into the outbox, and registered under its lock: no writer
+            // can send the frame before its answer has somewhere to go.
+            let mut q = lock(&self.inner.outbox);
+            let start = q.buf.len();
+            let len = request.encode_frame(id, false, &mut q.buf);
+            let registered = match self.check_len(len) {
+                Ok(()) => self.inner.table.insert(id, timeout, done),
+                Err(err) => Err((done, err)),
+            };
+            if let Err((done, err)) = registered {
+                q.buf.truncate(start);
+                drop(q);
+                done(Err(self.copy_err(&err)));
+                return Err(err);
+            }
         }
-        // Register before writing: the answer may arrive before write_frame returns.
-        if let Err((done, err)) = self.inner.table.insert(id, timeout, done) {
-            done(Err(self.copy_err(&err)));
-            return Err(err);
-        }
-        if let Err(err) = self.write_frame(&frame) {
+        if let Err(err) = self.flush_unless_corked() {
             if let Some(done) = self.inner.table.remove(id) {
                 done(Err(self.copy_err(&err)));
             }
@@ -206,12 +213,19 @@ impl Connection {
     /// Sends `request` as a oneway frame: no response comes and none is awaited.
     pub fn oneway(&self, request: &Request) -> Result<(), ClientError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = request.to_frame(id, true);
-        self.check_size(&frame)?;
         if let Some(reason) = self.inner.table.broken() {
             return Err(self.inner.table.broken_error(&reason));
         }
-        self.write_frame(&frame)
+        {
+            let mut q = lock(&self.inner.outbox);
+            let start = q.buf.len();
+            let len = request.encode_frame(id, true, &mut q.buf);
+            if let Err(err) = self.check_len(len) {
+                q.buf.truncate(start);
+                return Err(err);
+            }
+        }
+        self.flush_unless_corked()
     }
 
     /// Closes the connection: pending requests fail with [`ClientError::Broken`].
@@ -220,10 +234,13 @@ impl Connection {
         let _ = self.inner.control.shutdown(Shutdown::Both);
     }
 
-    fn check_size(&self, frame: &Frame) -> Result<(), ClientError> {
-        if frame.length() > self.inner.max_frame as usize {
+    /// Refuses a frame of `encoded` bytes (prefix included) whose length prefix the peer's
+    /// limit would refuse.
+    fn check_len(&self, encoded: usize) -> Result<(), ClientError> {
+        let length = encoded.saturating_sub(4);
+        if length > self.inner.max_frame as usize {
             return Err(ClientError::MessageTooLarge {
-                size: frame.length(),
+                size: length,
                 max: self.inner.max_frame as usize,
             });
         }
@@ -236,8 +253,7 @@ impl Connection {
     /// frame queued behind another caller's write returns at once; if that write fails, the
     /// connection breaks and the frame's request fails with it. Inside [`corked`], frames
     /// only queue; they go out when the outermost `corked` returns.
-    fn write_frame(&self, frame: &Frame) -> Result<(), ClientError> {
-        lock(&self.inner.outbox).frames.push(frame.to_bytes());
+    fn flush_unless_corked(&self) -> Result<(), ClientError> {
         let deferred = CORK.with(|c| match c.borrow_mut().as_mut() {
             Some(held) => {
                 if !held.iter().any(|h| Arc::ptr_eq(&h.inner, &self.inner)) {
@@ -257,31 +273,25 @@ impl Connection {
     fn flush_outbox(&self) -> Result<(), ClientError> {
         {
             let mut q = lock(&self.inner.outbox);
-            if q.writing || q.frames.is_empty() {
+            if q.writing || q.buf.is_empty() {
                 return Ok(());
             }
             q.writing = true;
         }
         loop {
-            let frames = {
+            // Every frame queued so far, taken whole; its allocation comes back to the
+            // outbox for reuse once written and dropped.
+            let bytes = {
                 let mut q = lock(&self.inner.outbox);
-                if q.frames.is_empty() {
+                if q.buf.is_empty() {
                     q.writing = false;
                     return Ok(());
                 }
-                std::mem::take(&mut q.frames)
-            };
-            let bytes = match frames.len() {
-                1 => frames.into_iter().next().unwrap_or_default(),
-                _ => {
-                    let mut b = BytesMut::with_capacity(frames.iter().map(|f| f.len()).sum());
-                    frames.iter().for_each(|f| b.extend_from_slice(f));
-                    b.freeze()
-                }
+                q.buf.split()
             };
             if let Err(e) = self.write_bytes(&bytes) {
                 let mut q = lock(&self.inner.outbox);
-                q.frames.clear();
+                q.buf.clear();
                 q.writing = false;
                 return Err(e);
             }
@@ -382,7 +392,8 @@ pub fn corked<R>(f: impl FnOnce() -> R) -> R {
 
 #[derive(Default)]
 struct Outbox {
-    frames: Vec<bytes::Bytes>,
+    /// Frames encoded and not yet taken by a writer.
+    buf: BytesMut,
     writing: bool,
 }
 

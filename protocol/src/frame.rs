@@ -132,18 +132,13 @@ impl Frame {
     /// Appends the frame to `dst`. The caller keeps frames under the peer's limit (the
     /// decoder on the other side refuses larger ones).
     pub fn encode(&self, dst: &mut BytesMut) {
-        debug_assert!(self.length() <= u32::MAX as usize);
         dst.reserve(self.encoded_len());
-        dst.put_u32(self.length() as u32);
-        dst.put_u16(MAGIC);
-        dst.put_u8(VERSION);
-        dst.put_u8(self.header.flags);
-        dst.put_u16(self.header.opcode);
-        dst.put_u16(self.header.status);
-        dst.put_u64(self.header.request_id);
-        dst.put_u32(self.fields.len() as u32);
-        dst.put_slice(&self.fields);
+        encode_with(&self.header, dst, |w| {
+            w.put_slice(&self.fields);
+            self.fields.len()
+        });
         dst.put_slice(&self.body);
+        patch_length(dst, dst.len() - self.encoded_len());
     }
 
     pub fn to_bytes(&self) -> Bytes {
@@ -151,6 +146,52 @@ impl Frame {
         self.encode(&mut b);
         b.freeze()
     }
+}
+
+/// Appends a frame with `header` whose fields `put_fields` writes straight into `dst` (and
+/// returns their length), with no body: no intermediate buffer, no copy. Returns the frame's
+/// encoded length (prefix included).
+pub fn encode_fields_frame(
+    header: &Header,
+    dst: &mut BytesMut,
+    put_fields: impl FnOnce(&mut BytesMut),
+) -> usize {
+    let start = dst.len();
+    encode_with(header, dst, |w| {
+        let at = w.len();
+        put_fields(w);
+        w.len() - at
+    });
+    patch_length(dst, start);
+    dst.len() - start
+}
+
+/// Writes the prefix (length 0, patched later), the header and the fields `put_fields`
+/// appends, then patches the fields' length.
+fn encode_with(
+    header: &Header,
+    dst: &mut BytesMut,
+    put_fields: impl FnOnce(&mut BytesMut) -> usize,
+) {
+    dst.put_u32(0);
+    dst.put_u16(MAGIC);
+    dst.put_u8(VERSION);
+    dst.put_u8(header.flags);
+    dst.put_u16(header.opcode);
+    dst.put_u16(header.status);
+    dst.put_u64(header.request_id);
+    let fields_len_at = dst.len();
+    dst.put_u32(0);
+    let fields = put_fields(dst);
+    debug_assert!(fields <= u32::MAX as usize);
+    dst[fields_len_at..fields_len_at + 4].copy_from_slice(&(fields as u32).to_be_bytes());
+}
+
+/// Sets the length prefix of the frame starting at `start`, which ends at `dst`'s end.
+fn patch_length(dst: &mut BytesMut, start: usize) {
+    let length = dst.len() - start - LENGTH_BYTES;
+    debug_assert!(length <= u32::MAX as usize);
+    dst[start..start + LENGTH_BYTES].copy_from_slice(&(length as u32).to_be_bytes());
 }
 
 /// Takes frames off the front of a read buffer.

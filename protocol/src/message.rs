@@ -498,6 +498,18 @@ impl Request {
         Frame::new(header, w.freeze(), Bytes::new())
     }
 
+    /// Appends the request as a frame to `dst`, its fields encoded in place (what
+    /// `to_frame(..).encode(dst)` writes, without the intermediate buffers). Returns the
+    /// frame's encoded length.
+    pub fn encode_frame(&self, request_id: u64, oneway: bool, dst: &mut bytes::BytesMut) -> usize {
+        let header = if oneway {
+            Header::oneway(self.opcode(), request_id)
+        } else {
+            Header::request(self.opcode(), request_id)
+        };
+        crate::frame::encode_fields_frame(&header, dst, |w| self.put_fields(w))
+    }
+
     /// Decodes a request frame (the caller checked it is not a response).
     pub fn from_frame(frame: &Frame) -> Result<Request, RequestError> {
         let opcode = frame
@@ -581,6 +593,26 @@ pub const PULL_TYPED: &[Status] = &[
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_encoded_in_place_is_the_frame_to_frame_encodes() {
+        let send = Request::SendMessage(SendMessageRequest {
+            producer_group: "g".into(),
+            topic: "T".into(),
+            queue_id: 3,
+            tags: "TagA".into(),
+            properties: vec![("k".into(), "v".into())],
+            body: Bytes::from(vec![7u8; 3000]),
+            ..Default::default()
+        });
+        for (req, oneway) in [(send, false), (Request::GetBrokerStatus(Empty {}), true)] {
+            let mut dst = bytes::BytesMut::from(&b"before"[..]);
+            let n = req.encode_frame(42, oneway, &mut dst);
+            assert_eq!(&dst[..6], b"before");
+            assert_eq!(&dst[6..], &req.to_frame(42, oneway).to_bytes()[..]);
+            assert_eq!(n, dst.len() - 6);
+        }
+    }
     use crate::frame::FrameDecoder;
     use crate::wire::gen::Rng;
     use proptest::prelude::*;
