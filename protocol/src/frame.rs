@@ -133,12 +133,15 @@ impl Frame {
     /// decoder on the other side refuses larger ones).
     pub fn encode(&self, dst: &mut BytesMut) {
         dst.reserve(self.encoded_len());
-        encode_with(&self.header, dst, |w| {
-            w.put_slice(&self.fields);
-            self.fields.len()
-        });
+        self.encode_head(dst);
+        dst.put_slice(&self.fields);
         dst.put_slice(&self.body);
-        patch_length(dst, dst.len() - self.encoded_len());
+    }
+
+    /// Appends the length prefix and the header, the 24 bytes before the fields: a writer
+    /// may send them, then `fields` and `body` as they are, without copying those.
+    pub fn encode_head(&self, dst: &mut BytesMut) {
+        put_head(dst, self.length(), &self.header, self.fields.len());
     }
 
     pub fn to_bytes(&self) -> Bytes {
@@ -157,41 +160,29 @@ pub fn encode_fields_frame(
     put_fields: impl FnOnce(&mut BytesMut),
 ) -> usize {
     let start = dst.len();
-    encode_with(header, dst, |w| {
-        let at = w.len();
-        put_fields(w);
-        w.len() - at
-    });
-    patch_length(dst, start);
+    // Both lengths are patched once the fields are written.
+    put_head(dst, 0, header, 0);
+    let fields_at = dst.len();
+    put_fields(dst);
+    let fields = dst.len() - fields_at;
+    let length = dst.len() - start - LENGTH_BYTES;
+    debug_assert!(length <= u32::MAX as usize && fields <= u32::MAX as usize);
+    dst[start..start + LENGTH_BYTES].copy_from_slice(&(length as u32).to_be_bytes());
+    dst[fields_at - 4..fields_at].copy_from_slice(&(fields as u32).to_be_bytes());
     dst.len() - start
 }
 
-/// Writes the prefix (length 0, patched later), the header and the fields `put_fields`
-/// appends, then patches the fields' length.
-fn encode_with(
-    header: &Header,
-    dst: &mut BytesMut,
-    put_fields: impl FnOnce(&mut BytesMut) -> usize,
-) {
-    dst.put_u32(0);
+/// The length prefix (`length`: the bytes after it) and the header (`fields` bytes of fields).
+fn put_head(dst: &mut BytesMut, length: usize, header: &Header, fields: usize) {
+    debug_assert!(length <= u32::MAX as usize && fields <= u32::MAX as usize);
+    dst.put_u32(length as u32);
     dst.put_u16(MAGIC);
     dst.put_u8(VERSION);
     dst.put_u8(header.flags);
     dst.put_u16(header.opcode);
     dst.put_u16(header.status);
     dst.put_u64(header.request_id);
-    let fields_len_at = dst.len();
-    dst.put_u32(0);
-    let fields = put_fields(dst);
-    debug_assert!(fields <= u32::MAX as usize);
-    dst[fields_len_at..fields_len_at + 4].copy_from_slice(&(fields as u32).to_be_bytes());
-}
-
-/// Sets the length prefix of the frame starting at `start`, which ends at `dst`'s end.
-fn patch_length(dst: &mut BytesMut, start: usize) {
-    let length = dst.len() - start - LENGTH_BYTES;
-    debug_assert!(length <= u32::MAX as usize);
-    dst[start..start + LENGTH_BYTES].copy_from_slice(&(length as u32).to_be_bytes());
+    dst.put_u32(fields as u32);
 }
 
 /// Takes frames off the front of a read buffer.

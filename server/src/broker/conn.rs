@@ -20,7 +20,8 @@
 //! back. A frame the decoder refuses costs its connection only: one error frame (request id
 //! 0, status BadRequest, the reason as remark), written within a short grace, and a close.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,13 +121,31 @@ async fn accept_loop(broker: Arc<Broker>, load: Rc<ShardLoad>, listener: TcpList
     }
 }
 
+/// Answers waiting for the writer.
+#[derive(Default)]
+struct Outgoing {
+    /// Frames the broker pushes to the client (group notifications): not answers, not counted.
+    pushed: Vec<Bytes>,
+    /// Small answers, encoded back to back.
+    small: BytesMut,
+    /// Large answers' pieces (head, fields, body), in order.
+    large: VecDeque<Bytes>,
+}
+
+impl Outgoing {
+    fn is_empty(&self) -> bool {
+        self.pushed.is_empty() && self.small.is_empty() && self.large.is_empty()
+    }
+}
+
 /// One connection's state, shared by its read loop, writer and request tasks.
 struct Conn {
     broker: Arc<Broker>,
     load: Rc<ShardLoad>,
     ctx: Rc<ConnCtx>,
-    /// Answers to the writer (their bytes counted in `ctx.answers`).
-    out: flume::Sender<Bytes>,
+    /// Answers waiting for the writer (their bytes counted in `ctx.answers`), and its wake-up.
+    out: RefCell<Outgoing>,
+    out_ready: LocalEvent,
     in_flight: Cell<usize>,
     /// Wakes the close sequence when the last request task ends.
     task_ended: LocalEvent,
@@ -149,17 +168,27 @@ impl Conn {
         self.closing.wait()
     }
 
-    /// Queues an answer for the writer.
-    fn answer(&self, b: Bytes) {
+    /// Queues an answer for the writer: a small one encoded straight into the shared buffer
+    /// (one copy, one write for many), a large one (a pull's) as its head, fields and body,
+    /// never copied.
+    fn answer(&self, f: Frame) {
         if self.closing.is_closed() {
             return;
         }
-        let n = b.len();
+        let n = f.encoded_len();
         self.ctx.answers.take(n);
-        if self.out.send(b).is_err() {
-            // The writer is gone: nothing will write (and give back) these bytes.
-            self.ctx.answers.give(n);
+        let mut out = self.out.borrow_mut();
+        if n < COALESCE_MAX {
+            f.encode(&mut out.small);
+        } else {
+            let mut head = BytesMut::with_capacity(32);
+            f.encode_head(&mut head);
+            out.large.push_back(head.freeze());
+            out.large
+                .extend([f.fields, f.body].into_iter().filter(|b| !b.is_empty()));
         }
+        drop(out);
+        self.out_ready.notify();
     }
 
     fn progress(&self) {
@@ -212,7 +241,6 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let _ = stream.set_nodelay(true);
     let (rd, wr) = futures_lite::io::split(stream);
-    let (tx, rx) = flume::unbounded::<Bytes>();
     let (push_tx, push_rx) = flume::unbounded::<Bytes>();
     let answers = Answers {
         conn: Rc::new(Budget::new(broker.settings.connection_out_max_bytes)),
@@ -229,7 +257,8 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
             },
             answers: answers.clone(),
         }),
-        out: tx,
+        out: RefCell::default(),
+        out_ready: LocalEvent::default(),
         in_flight: Cell::new(0),
         task_ended: LocalEvent::default(),
         closing: Closing::default(),
@@ -237,7 +266,7 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
         frame_started: Cell::new(None),
         end: Cell::new(None),
     });
-    let writer = glommio::spawn_local(write_loop(conn.clone(), wr, rx, push_rx));
+    let writer = glommio::spawn_local(write_loop(conn.clone(), wr, push_rx));
     glommio::spawn_local(watchdog(conn.clone())).detach();
     let end = read_loop(&conn, rd).await;
     if matches!(end, End::FrameTimeout | End::Idle) {
@@ -289,7 +318,7 @@ async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
                         status: 0,
                         request_id: 0,
                     };
-                    conn.answer(error_response(&h, Status::BadRequest, e.to_string()).to_bytes());
+                    conn.answer(error_response(&h, Status::BadRequest, e.to_string()));
                     return End::BadFrame;
                 }
             }
@@ -405,71 +434,80 @@ async fn watchdog(conn: Rc<Conn>) {
     }
 }
 
-/// Writes answers (counted) and frames the broker pushes (not counted) until every sender is
-/// gone or the connection closes.
-async fn write_loop(
-    conn: Rc<Conn>,
-    mut wr: WriteHalf<TcpStream>,
-    rx: flume::Receiver<Bytes>,
-    push_rx: flume::Receiver<Bytes>,
-) {
+/// Writes answers (counted) and frames the broker pushes (not counted) until the connection
+/// closes or a write fails.
+async fn write_loop(conn: Rc<Conn>, mut wr: WriteHalf<TcpStream>, push_rx: flume::Receiver<Bytes>) {
+    // Pushes come from any thread; one task moves them into the outgoing queue, so the
+    // writer waits on one local event only.
+    let pushes = {
+        let conn = conn.clone();
+        glommio::spawn_local(async move {
+            while let Ok(b) = push_rx.recv_async().await {
+                conn.out.borrow_mut().pushed.push(b);
+                conn.out_ready.notify();
+            }
+        })
+    };
     let work = async {
-        let next = || {
-            futures_lite::future::or(async { rx.recv_async().await.map(|b| (b, true)) }, async {
-                match push_rx.recv_async().await {
-                    Ok(b) => Ok((b, false)),
-                    // No pushes any more; go on with the answers alone.
-                    Err(_) => rx.recv_async().await.map(|b| (b, true)),
+        loop {
+            loop {
+                let generation = conn.out_ready.generation();
+                if !conn.out.borrow().is_empty() {
+                    break;
                 }
-            })
-        };
-        while let Ok(first) = next().await {
-            let mut batch = vec![first];
-            batch.extend(rx.try_iter().map(|b| (b, true)));
-            batch.extend(push_rx.try_iter().map(|b| (b, false)));
-            if write_batch(&conn, &mut wr, batch).await.is_err() {
+                conn.out_ready.wait_past(generation).await;
+            }
+            let (pushed, small, large) = {
+                let mut out = conn.out.borrow_mut();
+                let pushed = std::mem::take(&mut out.pushed);
+                (pushed, out.small.split(), std::mem::take(&mut out.large))
+            };
+            if write_round(&conn, &mut wr, pushed, small, large)
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     };
     futures_lite::future::or(work, conn.wait_closed()).await;
+    drop(pushes);
     // The client is gone or the connection ends: the read loop stops too.
     conn.close();
     let _ = wr.close().await;
 }
 
-/// Writes one batch: small frames joined into one write (a pipelining client's answers would
-/// otherwise cost a send each), a large one on its own in pieces. Each answer's bytes are
-/// given back once written.
-async fn write_batch(
+/// Writes one round: pushed frames and the small answers in one write (a pipelining client's
+/// answers would otherwise cost a send each), then each large answer's pieces as they are.
+/// Each answer's bytes are given back once written.
+async fn write_round(
     conn: &Conn,
     wr: &mut WriteHalf<TcpStream>,
-    batch: Vec<(Bytes, bool)>,
+    pushes: Vec<Bytes>,
+    small: BytesMut,
+    large: VecDeque<Bytes>,
 ) -> std::io::Result<()> {
-    let mut small = BytesMut::new();
-    let mut small_counted = 0;
-    for (b, counted) in batch {
-        let n = if counted { b.len() } else { 0 };
-        if b.len() < COALESCE_MAX {
-            small.extend_from_slice(&b);
-            small_counted += n;
-            continue;
-        }
-        if !small.is_empty() {
-            wr.write_all(&small.split()).await?;
-            conn.progress();
-            conn.ctx.answers.give(std::mem::take(&mut small_counted));
-        }
-        for piece in b.chunks(WRITE_PIECE_BYTES) {
-            wr.write_all(piece).await?;
-            conn.progress();
-        }
-        conn.ctx.answers.give(n);
-    }
-    if !small.is_empty() {
-        wr.write_all(&small).await?;
+    let counted = small.len();
+    let joined = if pushes.is_empty() {
+        small
+    } else {
+        let mut b =
+            BytesMut::with_capacity(small.len() + pushes.iter().map(Bytes::len).sum::<usize>());
+        pushes.iter().for_each(|p| b.extend_from_slice(p));
+        b.extend_from_slice(&small);
+        b
+    };
+    if !joined.is_empty() {
+        wr.write_all(&joined).await?;
         conn.progress();
-        conn.ctx.answers.give(small_counted);
+        conn.ctx.answers.give(counted);
+    }
+    for piece in large {
+        for part in piece.chunks(WRITE_PIECE_BYTES) {
+            wr.write_all(part).await?;
+            conn.progress();
+        }
+        conn.ctx.answers.give(piece.len());
     }
     wr.flush().await
 }
@@ -483,7 +521,7 @@ fn dispatch(conn: &Rc<Conn>, frame: Frame) {
     let size = frame.encoded_len();
     let answer = |f: Frame| {
         if !h.is_oneway() {
-            conn.answer(f.to_bytes());
+            conn.answer(f);
         }
     };
     if broker.is_stopping() {
@@ -520,7 +558,7 @@ fn dispatch(conn: &Rc<Conn>, frame: Frame) {
         .await;
         if let Some(reply) = reply {
             if !h.is_oneway() {
-                conn.answer(reply.to_bytes());
+                conn.answer(reply);
             }
         }
         conn.in_flight.set(conn.in_flight.get() - 1);
