@@ -22,7 +22,7 @@ use std::time::Instant;
 
 use crate::error::PutError;
 use crate::oneshot;
-use crate::store::{PutResult, PutStatus};
+use crate::put::{PutResult, PutStatus};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DispatchRecord {

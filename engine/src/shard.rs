@@ -30,8 +30,8 @@ use crate::log::recovery::SealedPolicy;
 use crate::log::{FlushPolicy, Log, LogSpec, NoSpace};
 use crate::meta::{queue_shard, FnvBuild};
 use crate::oneshot;
+use crate::put::{PutResult, PutStatus};
 use crate::record::{self, encoded_len, MessageInput, StoreStamp};
-use crate::store::{PutResult, PutStatus};
 use crate::waiters::LocalEvent;
 
 /// The messages of one put call.
@@ -269,7 +269,6 @@ impl Shard {
         if shard.config.flush_mode == FlushMode::Sync {
             shard.cl.spawn(flush_timeouts(shard.clone()));
         }
-        shard.cl.spawn(crate::cleaner::cleaner(shard.clone()));
         shard
     }
 

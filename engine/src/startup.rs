@@ -29,8 +29,8 @@ use crate::log::recovery::RecoveryReport;
 use crate::log::{Log, LogShared};
 use crate::meta::queue_shard;
 use crate::record::{decode, Entry};
+use crate::requests::{set_local_shard, Request};
 use crate::shard::{commitlog_spec, Shard};
-use crate::store::{set_local_shard, Request};
 
 /// What a shard thread reports to `Store::open`.
 pub enum Init {
@@ -139,6 +139,9 @@ pub fn run_shard(builder: LocalExecutorBuilder, t: ShardThread) {
             TopicView::new(t.catalog.clone()),
             t.counters.clone(),
         );
+        // Retention runs on the shard, as one of its CommitLog's tasks (stopped with it); it is
+        // started here so that the shard does not depend on the cleaner that works on it.
+        shard.cl.spawn(crate::cleaner::cleaner(shard.clone()));
         set_local_shard(Some((t.store, shard.clone())));
         serve(&shard, &t.requests, &t.intake).await;
         shard.stop();

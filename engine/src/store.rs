@@ -1,11 +1,9 @@
 //! The embeddable store: opens the shards, routes puts and reads to them, shuts them down.
 
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -24,69 +22,19 @@ use crate::log::LogShared;
 use crate::meta::{self, DirLock, Meta};
 use crate::oneshot;
 use crate::record::{MessageInput, StoredMessage};
+use crate::requests::{local_shard, Job, Request};
 use crate::runtime;
 use crate::shard::Puts;
-use crate::shard::{Shard, ShardCounters};
+use crate::shard::ShardCounters;
 use crate::startup::{run_shard, Ctl, Init, ShardThread};
 use crate::topics::{Perm, TopicConfig, TopicTable, TopicUpdate};
 
 /// Requests a shard's channel may hold before senders wait (or get `Busy`).
 pub const SHARD_REQUESTS_MAX: usize = 4096;
 
-/// Outcome of a stored put.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PutStatus {
-    /// Stored (and, under SYNC_FLUSH, covered by a completed fdatasync).
-    PutOk,
-    /// SYNC_FLUSH only: stored, but no flush covered it within the timeout. The record is in
-    /// the log and may yet become durable; it is *not* confirmed durable.
-    FlushDiskTimeout,
-}
+pub use crate::put::{PutResult, PutStatus};
 
-/// Where a put landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PutResult {
-    pub status: PutStatus,
-    pub shard: usize,
-    /// Physical offset of the record in its shard's CommitLog.
-    pub offset: u64,
-    /// Encoded record size in bytes.
-    pub size: u32,
-    pub store_timestamp_ms: i64,
-    /// The offset the queue's owner assigned; `None` if the put was answered before that
-    /// (FLUSH_DISK_TIMEOUT while its CommitLog flush was still pending).
-    pub queue_offset: Option<u64>,
-}
-
-type Job = Box<dyn FnOnce() + Send>;
 type ShutdownPhase = fn(flume::Sender<Result<(), String>>) -> Request;
-
-/// What other threads ask a shard.
-pub(crate) enum Request {
-    Put(Puts, Sink),
-    Read(usize, u64, flume::Sender<Result<StoredMessage, ReadError>>),
-    Get(GetRequest, flume::Sender<Result<GetResult, ReadError>>),
-    Offsets(String, u32, flume::Sender<Option<(u64, u64)>>),
-    OffsetForTime(String, u32, i64, flume::Sender<Option<u64>>),
-    Times(
-        String,
-        u32,
-        u64,
-        usize,
-        flume::Sender<(Vec<(u64, i64)>, u64)>,
-    ),
-    Wait(String, u32, u64, Duration, flume::Sender<bool>),
-    Run(Job),
-    /// A delete's first step: answered with the shard's CommitLog end once everything
-    /// appended before is flushed and dispatched.
-    DispatchAccepted(flume::Sender<Result<u64, String>>),
-    /// A delete's second step, for the shard as an owner.
-    DropTopic(DropTopic),
-    /// The `(topic, generation)` of every delete recorded in the shard's ConsumeQueue log.
-    DeletedTopics(flume::Sender<Vec<(String, u64)>>),
-    ShutdownSources(flume::Sender<Result<(), String>>),
-    ShutdownOwner(flume::Sender<Result<(), String>>),
-}
 
 struct ShardHandle {
     tx: flume::Sender<Request>,
@@ -131,24 +79,6 @@ pub struct Store {
 }
 
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// The shard this thread runs, if it is a shard thread: (store id, shard).
-    static LOCAL_SHARD: RefCell<Option<(u64, Rc<Shard>)>> = const { RefCell::new(None) };
-}
-
-pub(crate) fn set_local_shard(shard: Option<(u64, Rc<Shard>)>) {
-    LOCAL_SHARD.with(|l| *l.borrow_mut() = shard);
-}
-
-fn local_shard(store: u64) -> Option<Rc<Shard>> {
-    LOCAL_SHARD.with(|l| {
-        l.borrow()
-            .as_ref()
-            .filter(|(id, _)| *id == store)
-            .map(|(_, s)| s.clone())
-    })
-}
 
 impl Store {
     /// Opens (or creates) the store at `config.store_path`, recovering every shard.
