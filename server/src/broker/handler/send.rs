@@ -1,9 +1,10 @@
 //! SendMessage and SendBatch: checked, then put on the shard that owns the queue.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use shardmq_engine::{MessageInput, PutError, PutResult, PutStatus};
+use shardmq_engine::{MessageInput, PutError, PutResult, PutStatus, Store};
 use shardmq_protocol::message::{BatchEntry, SendBatchResponse, SendMessageRequest, SendResult};
 use shardmq_protocol::{error_response, response, Frame, Header, Status};
 
@@ -51,19 +52,36 @@ fn foreign_owner(broker: &Broker, msg: &MessageInput) -> Option<usize> {
     (here != owner).then_some(owner)
 }
 
-/// Puts `msg` on the shard that owns its queue: here when this is that shard, else handed to
-/// the owner whole (one hop there and the answer back) rather than appended here with a
-/// reservation round trip to the owner and a dispatch to it after the write. Shard-aware
-/// clients send each queue's puts to its owner's port, so this is the path of the others.
-async fn put_on_owner(broker: &Broker, msg: MessageInput) -> Result<PutResult, PutError> {
-    let Some(owner) = foreign_owner(broker, &msg) else {
-        return broker.store.put_message(msg).await;
-    };
+/// Runs `put` on the shard that owns the put's queue: here when `foreign` (see
+/// [`foreign_owner`]) is `None`, else handed to that owner whole (one hop there and the answer back) rather than
+/// appended here with a reservation round trip to the owner and a dispatch to it after the
+/// write. Shard-aware clients send each queue's puts to its owner's port, so the hand-over
+/// is the path of the others.
+async fn on_owner<T, F, Fut>(broker: &Broker, foreign: Option<usize>, put: F) -> Result<T, PutError>
+where
+    T: Send + 'static,
+    F: FnOnce(Store) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, PutError>> + 'static,
+{
     let store = broker.store.clone();
-    let on_owner = broker
-        .store
-        .spawn_on(owner, move || async move { store.put_message(msg).await });
-    on_owner.await.unwrap_or(Err(PutError::ShuttingDown))
+    match foreign {
+        None => put(store).await,
+        Some(owner) => broker
+            .store
+            .spawn_on(owner, move || put(store))
+            .await
+            .unwrap_or(Err(PutError::ShuttingDown)),
+    }
+}
+
+async fn put_on_owner(broker: &Broker, msg: MessageInput) -> Result<PutResult, PutError> {
+    let foreign = foreign_owner(broker, &msg);
+    on_owner(
+        broker,
+        foreign,
+        move |s| async move { s.put_message(msg).await },
+    )
+    .await
 }
 
 /// [`put_on_owner`] for a batch (one topic and queue).
@@ -71,14 +89,11 @@ async fn put_batch_on_owner(
     broker: &Broker,
     msgs: Vec<MessageInput>,
 ) -> Result<Vec<PutResult>, PutError> {
-    let Some(owner) = msgs.first().and_then(|m| foreign_owner(broker, m)) else {
-        return broker.store.put_messages(msgs).await;
-    };
-    let store = broker.store.clone();
-    let on_owner = broker
-        .store
-        .spawn_on(owner, move || async move { store.put_messages(msgs).await });
-    on_owner.await.unwrap_or(Err(PutError::ShuttingDown))
+    let foreign = msgs.first().and_then(|m| foreign_owner(broker, m));
+    on_owner(broker, foreign, move |s| async move {
+        s.put_messages(msgs).await
+    })
+    .await
 }
 
 pub(super) async fn send(
