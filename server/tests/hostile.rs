@@ -212,7 +212,7 @@ fn a_frame_never_finished_and_a_silent_connection_are_closed_after_their_timeout
     let mut slow = TcpStream::connect(&addr).unwrap();
     for piece in frame.chunks(frame.len() / 3 + 1) {
         slow.write_all(piece).unwrap();
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let mut parked = connect(&addr);
     let t = Instant::now();
