@@ -64,9 +64,11 @@ pub async fn open_segment(path: &Path, plan: Option<Arc<FaultPlan>>) -> io::Resu
 /// durable (`sync_dir`) before writing records into it. Errors keep their `io::ErrorKind`, so
 /// that the caller can tell a full disk (`StorageFull`, `QuotaExceeded`) from the rest.
 ///
-/// On failure the file is removed: a failed `fallocate` may have reserved part of the size,
-/// space a full disk needs back, and a short segment left behind would make the next open
-/// finish its reservation (and fail there while the disk is still full).
+/// The file is made as `<name>.tmp` and renamed once its size is reserved, so a segment name
+/// never stands for a short file: on failure the temporary file is removed (a failed
+/// `fallocate` may have reserved part of the size, space a full disk needs back), and one
+/// left by a creation cut short (a crash, a shutdown while the disk is full) is removed by
+/// the next open (`list_segments`) instead of having its reservation finished there.
 pub async fn create_segment(
     dir: &Path,
     base: u64,
@@ -74,24 +76,28 @@ pub async fn create_segment(
     plan: Option<Arc<FaultPlan>>,
 ) -> io::Result<SegmentFile> {
     let path = dir.join(segment_name(base));
+    let tmp = dir.join(format!("{}.tmp", segment_name(base)));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .dma_open(&path)
+        .dma_open(&tmp)
         .await
-        .map_err(|e| with_context("create", &path, os_error(e)))?;
-    let file = SegmentFile::new(file, path, plan);
-    match file.pre_allocate(size).await {
+        .map_err(|e| with_context("create", &tmp, os_error(e)))?;
+    let file = SegmentFile::new(file, path.clone(), plan);
+    // Renames and unlinks of a file nothing points at yet: cheap enough to run inline.
+    let reserved = match file.pre_allocate(size).await {
+        Ok(()) => std::fs::rename(&tmp, &path).map_err(|e| with_context("rename", &tmp, e)),
+        Err(e) => Err(with_context("fallocate", &tmp, e)),
+    };
+    match reserved {
         Ok(()) => Ok(file),
         Err(e) => {
-            let path = file.path().to_path_buf();
             file.close().await;
-            // One unlink of a file nothing points at yet: cheap enough to run inline.
-            if let Err(rm) = std::fs::remove_file(&path) {
-                tracing::warn!(path = %path.display(), error = %rm, "cannot remove a segment whose creation failed");
+            if let Err(rm) = std::fs::remove_file(&tmp) {
+                tracing::warn!(path = %tmp.display(), error = %rm, "cannot remove a segment whose creation failed");
             }
-            Err(with_context("fallocate", &path, e))
+            Err(e)
         }
     }
 }
