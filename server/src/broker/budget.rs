@@ -59,31 +59,30 @@ impl Budget {
         }
     }
 
-    /// Waits until `need` fits (not taking it).
-    pub async fn wait_fits(&self, need: usize) {
+    /// Waits until `ready(self)` holds, re-checked whenever bytes are given back.
+    async fn wait_until(&self, ready: impl Fn(&Self) -> bool) {
         loop {
             let generation = self.freed.generation();
-            if self.fits(need) {
+            if ready(self) {
                 return;
             }
             self.freed.wait_past(generation).await;
         }
+    }
+
+    /// Waits until `need` fits (not taking it).
+    pub async fn wait_fits(&self, need: usize) {
+        self.wait_until(|b| b.fits(need)).await;
     }
 
     /// Waits until nothing is held.
     pub async fn wait_empty(&self) {
-        self.wait_fits(usize::MAX).await;
+        self.wait_until(|b| b.used() == 0).await;
     }
 
     /// Waits until the budget is back within its limit.
     pub async fn wait_within(&self) {
-        loop {
-            let generation = self.freed.generation();
-            if !self.over() {
-                return;
-            }
-            self.freed.wait_past(generation).await;
-        }
+        self.wait_until(|b| !b.over()).await;
     }
 }
 

@@ -168,6 +168,15 @@ impl Conn {
         self.closing.wait()
     }
 
+    /// Runs `f` unless the connection closes first (`None` then).
+    async fn until_closed<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        futures_lite::future::or(async { Some(f.await) }, async {
+            self.wait_closed().await;
+            None
+        })
+        .await
+    }
+
     /// Queues an answer for the writer: a small one encoded straight into the shared buffer
     /// (one copy, one write for many), a large one (a pull's) as its head, fields and body,
     /// never copied.
@@ -217,7 +226,7 @@ impl Drop for ConnGuard {
 enum End {
     /// End of stream or a read error: the client is gone.
     Eof,
-    /// The writer failed (the client is gone) or the broker stops.
+    /// The writer failed (the client is gone).
     Closed,
     /// The decoder refused a frame; its error frame is queued.
     BadFrame,
@@ -281,7 +290,7 @@ async fn serve(broker: Arc<Broker>, load: Rc<ShardLoad>, stream: TcpStream) {
     }
     conn.close();
     // Every request task sees the close and ends (dropping what it held) at its next poll.
-    while conn.in_flight.get() > 0 {
+    loop {
         let generation = conn.task_ended.generation();
         if conn.in_flight.get() == 0 {
             break;
@@ -333,15 +342,8 @@ async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
         if conn.ctx.answers.conn.over() {
             // The pause is ours, not the client's: the frame clock stops meanwhile.
             let paused = conn.frame_started.take().is_some();
-            let drained = async {
-                conn.ctx.answers.conn.wait_within().await;
-                true
-            };
-            let closed = async {
-                conn.wait_closed().await;
-                false
-            };
-            if !futures_lite::future::or(drained, closed).await {
+            let drained = conn.ctx.answers.conn.wait_within();
+            if conn.until_closed(drained).await.is_none() {
                 return conn.end.get().unwrap_or(End::Closed);
             }
             if paused {
@@ -362,21 +364,14 @@ async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
         if direct {
             buf.resize(at + missing.min(1 << 20), 0);
         }
-        let read = async {
-            let into = if direct {
-                &mut buf[at..]
-            } else {
-                &mut scratch[..]
-            };
-            // A read error ends the connection like an end of stream does.
-            Some(rd.read(into).await.unwrap_or_default())
+        let into = if direct {
+            &mut buf[at..]
+        } else {
+            &mut scratch[..]
         };
-        let outcome = futures_lite::future::or(read, async {
-            conn.wait_closed().await;
-            None
-        })
-        .await;
-        let Some(n) = outcome else {
+        // A read error ends the connection like an end of stream does.
+        let outcome = conn.until_closed(rd.read(into)).await;
+        let Some(n) = outcome.map(|r| r.unwrap_or_default()) else {
             buf.truncate(at);
             return conn.end.get().unwrap_or(End::Closed);
         };
@@ -420,15 +415,8 @@ async fn watchdog(conn: Rc<Conn>) {
         }
         let idle_at = conn.last_progress.get() + idle_timeout;
         let next = frame_deadline.map_or(idle_at, |d| d.min(idle_at));
-        let slept = async {
-            glommio::timer::sleep(next.saturating_duration_since(now)).await;
-            true
-        };
-        let closed = async {
-            conn.wait_closed().await;
-            false
-        };
-        if !futures_lite::future::or(slept, closed).await {
+        let slept = glommio::timer::sleep(next.saturating_duration_since(now));
+        if conn.until_closed(slept).await.is_none() {
             return;
         }
     }
@@ -549,13 +537,10 @@ fn dispatch(conn: &Rc<Conn>, frame: Frame) {
     broker.requests_begin();
     let conn = conn.clone();
     glommio::spawn_local(async move {
-        let work = async { Some(handler::handle(&conn.broker, frame, &conn.ctx).await) };
         // A closed connection's requests stop at once; nobody would read their answers.
-        let reply = futures_lite::future::or(work, async {
-            conn.wait_closed().await;
-            None
-        })
-        .await;
+        let reply = conn
+            .until_closed(handler::handle(&conn.broker, frame, &conn.ctx))
+            .await;
         if let Some(reply) = reply {
             if !h.is_oneway() {
                 conn.answer(reply);

@@ -46,7 +46,7 @@ pub(super) async fn pull(
     // Room for the answer before a byte of it is read; given back while the pull is parked.
     let need = pull_reserve(get.max_bytes, get.max_messages);
     let mut grant = match reserve(broker, h, answers, need).await {
-        Ok(g) => g,
+        Ok(g) => Some(g),
         Err(refusal) => return refusal,
     };
     let mut result = broker.store.get_message(get.clone()).await;
@@ -61,7 +61,7 @@ pub(super) async fn pull(
             let wait = Duration::from_millis(
                 (r.suspend_timeout_ms as u64).min(broker.settings.long_poll_max_ms),
             );
-            drop(grant);
+            grant = None;
             let woken = broker
                 .until_stopped(broker.store.wait_for_message(
                     &r.topic,
@@ -70,11 +70,12 @@ pub(super) async fn pull(
                     wait,
                 ))
                 .await;
-            grant = match reserve(broker, h, answers, need).await {
-                Ok(g) => g,
-                Err(refusal) => return refusal,
-            };
+            // Room again only for a read: an empty answer is counted when queued.
             if woken == Some(true) {
+                grant = match reserve(broker, h, answers, need).await {
+                    Ok(g) => Some(g),
+                    Err(refusal) => return refusal,
+                };
                 result = broker.store.get_message(get).await;
             }
         }
