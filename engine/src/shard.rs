@@ -821,12 +821,10 @@ impl Shard {
         let mut sent = self.marks_sent.borrow_mut();
         for (owner, records) in batches.into_iter().enumerate() {
             // An owner with no records from this write is not woken for the mark alone,
-            // unless it lags MARK_STRIDE_BYTES behind (or everyone must hear).
+            // unless it lags MARK_STRIDE_BYTES behind (or everyone must hear a moved mark).
             let behind = mark.saturating_sub(sent[owner]);
-            if records.is_empty() && behind == 0 {
-                continue;
-            }
-            if records.is_empty() && !every_owner && behind < MARK_STRIDE_BYTES {
+            let stride = if every_owner { 1 } else { MARK_STRIDE_BYTES };
+            if records.is_empty() && behind < stride {
                 continue;
             }
             sent[owner] = mark;

@@ -17,6 +17,25 @@ use shardmq_protocol::{Request, Status};
 
 const MIB: u64 = 1 << 20;
 
+/// With a 600 ms frame timeout and a 1.5 s idle timeout at `addr`: a connection holding the
+/// first 10 bytes of `frame` is closed after the frame timeout, not before, and one that sends
+/// nothing after the idle timeout.
+fn half_frames_and_silence_are_closed_on_time(addr: &str, frame: &[u8]) {
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(&frame[..10]).unwrap();
+    let waited = closed_within(&mut half, Duration::from_secs(10));
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed after {waited:?}, before the frame timeout"
+    );
+    let mut silent = TcpStream::connect(addr).unwrap();
+    let waited = closed_within(&mut silent, Duration::from_secs(10));
+    assert!(
+        waited >= Duration::from_millis(1200),
+        "closed after {waited:?}, before the idle timeout"
+    );
+}
+
 /// Waits (at most `within`) for the peer to close `s` without sending anything; how long it
 /// took.
 fn closed_within(s: &mut TcpStream, within: Duration) -> Duration {
@@ -187,23 +206,8 @@ fn a_frame_never_finished_and_a_silent_connection_are_closed_after_their_timeout
     );
     let addr = broker.get("broker");
 
-    // Half a frame: its first 10 bytes.
     let frame = pull("T", 1024, 0).to_frame(1, false).to_bytes();
-    let mut half = TcpStream::connect(&addr).unwrap();
-    half.write_all(&frame[..10]).unwrap();
-    let waited = closed_within(&mut half, Duration::from_secs(10));
-    assert!(
-        waited >= Duration::from_millis(400),
-        "closed after {waited:?}, before the frame timeout"
-    );
-
-    // A connection that sends nothing at all is idle.
-    let mut silent = TcpStream::connect(&addr).unwrap();
-    let waited = closed_within(&mut silent, Duration::from_secs(10));
-    assert!(
-        waited >= Duration::from_millis(1200),
-        "closed after {waited:?}"
-    );
+    half_frames_and_silence_are_closed_on_time(&addr, &frame);
 
     // One that finishes its frames slowly but steadily is not closed, nor is a long-polling
     // one whose pull is parked past the idle timeout.
@@ -253,19 +257,7 @@ fn the_nameserver_closes_half_sent_frames_and_silent_connections_and_caps_their_
     let frame = Request::GetBrokerStatus(Empty {})
         .to_frame(1, false)
         .to_bytes();
-    let mut half = TcpStream::connect(&ns).unwrap();
-    half.write_all(&frame[..10]).unwrap();
-    let waited = closed_within(&mut half, Duration::from_secs(10));
-    assert!(
-        waited >= Duration::from_millis(400),
-        "closed after {waited:?}"
-    );
-    let mut silent = TcpStream::connect(&ns).unwrap();
-    let waited = closed_within(&mut silent, Duration::from_secs(10));
-    assert!(
-        waited >= Duration::from_millis(1200),
-        "closed after {waited:?}"
-    );
+    half_frames_and_silence_are_closed_on_time(&ns, &frame);
 
     // Past the cap a new connection is closed at once; the ones before it are served.
     let held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&ns).unwrap()).collect();
