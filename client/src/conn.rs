@@ -237,7 +237,7 @@ impl Connection {
     /// Refuses a frame of `encoded` bytes (prefix included) whose length prefix the peer's
     /// limit would refuse.
     fn check_len(&self, encoded: usize) -> Result<(), ClientError> {
-        let length = encoded.saturating_sub(4);
+        let length = encoded.saturating_sub(shardmq_protocol::frame::LENGTH_BYTES);
         if length > self.inner.max_frame as usize {
             return Err(ClientError::MessageTooLarge {
                 size: length,
