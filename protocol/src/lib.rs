@@ -19,6 +19,7 @@ pub mod codes;
 pub mod frame;
 pub mod groups;
 pub mod message;
+pub mod pull_answer;
 pub mod shards;
 pub mod wire;
 

@@ -147,17 +147,23 @@ impl Wire for bool {
     }
 }
 
+/// Writes `s` as a `String` field (u16 length, UTF-8 bytes), cut at a character boundary
+/// past `u16::MAX` bytes, without owning it.
+pub fn put_str(w: &mut BytesMut, s: &str) {
+    let mut end = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    w.put_u16(end as u16);
+    w.put_slice(&s.as_bytes()[..end]);
+}
+
 impl Wire for String {
     const MIN_LEN: usize = 2;
     /// Strings longer than `u16::MAX` bytes are cut at a character boundary: callers check
     /// lengths (topic names, keys, properties) well below that before encoding.
     fn put(&self, w: &mut BytesMut) {
-        let mut end = self.len().min(u16::MAX as usize);
-        while !self.is_char_boundary(end) {
-            end -= 1;
-        }
-        w.put_u16(end as u16);
-        w.put_slice(&self.as_bytes()[..end]);
+        put_str(w, self);
     }
     fn get(r: &mut Reader, what: &'static str) -> Result<Self, FieldError> {
         let n = r.u16(what)? as usize;

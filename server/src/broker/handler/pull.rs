@@ -1,11 +1,13 @@
 //! PullMessage: room for the answer first, then the owner's ConsumeQueue, long polling when
 //! nothing is new.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use shardmq_engine::{GetRequest, GetStatus, QueueMessage, StoredMessage, TagFilter};
-use shardmq_protocol::message::{PullMessageRequest, PullMessageResponse, WireMessage};
-use shardmq_protocol::{error_response, response, Frame, Header, Status};
+use shardmq_protocol::message::{PullMessageRequest, WireMessage};
+use shardmq_protocol::pull_answer::{MessageParts, PullAnswer};
+use shardmq_protocol::{error_response, Frame, Header, Status};
 
 use super::super::budget::{pull_reserve, Answers};
 use super::super::check::read_refusal;
@@ -100,13 +102,76 @@ pub(super) async fn pull(
         .map(|m| m.message.body.len() as u64)
         .sum();
     broker.metrics.here().got(n, bytes);
-    let fields = PullMessageResponse {
-        next_begin_offset: res.next_begin_offset,
-        min_offset: res.min_offset,
-        max_offset: res.max_offset,
-        messages: res.messages.into_iter().map(wire_message).collect(),
-    };
-    response(h, status, &fields)
+    // Encoded straight from the stored messages into one buffer sized for them.
+    let mut answer = PullAnswer::new(
+        res.next_begin_offset,
+        res.min_offset,
+        res.max_offset,
+        bytes as usize + res.messages.len() * MESSAGE_FIELDS_BYTES,
+    );
+    let (mut born, mut stored) = (HostText::default(), HostText::default());
+    for q in &res.messages {
+        let m = &q.message;
+        let prop = |k: &str| m.property(k).unwrap_or_default();
+        answer.push(&MessageParts {
+            topic: &m.topic,
+            queue_id: m.queue_id,
+            queue_offset: q.queue_offset,
+            msg_id: &q.msg_id,
+            unique_id: prop(UNIQ_KEY),
+            tags: prop("TAGS"),
+            keys: prop("KEYS"),
+            flags: m.flag,
+            sys_flag: m.sys_flag,
+            born_timestamp_ms: m.born_timestamp_ms,
+            store_timestamp_ms: m.store_timestamp_ms,
+            born_host: born.text(m.born_host),
+            store_host: stored.text(m.store_host),
+            reconsume_times: m.reconsume_times,
+            properties: m
+                .properties
+                .iter()
+                .filter(|(k, _)| !has_own_field(k))
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+            body: &m.body,
+        });
+    }
+    answer.finish(h, status)
+}
+
+/// Bytes a message's fields take in a pull answer besides its body and properties, about.
+const MESSAGE_FIELDS_BYTES: usize = 256;
+
+/// The texts of the hosts formatted so far for one answer: its messages come from a few
+/// producers, so most are written without formatting their hosts.
+#[derive(Default)]
+struct HostText {
+    seen: Vec<(SocketAddr, String)>,
+}
+
+impl HostText {
+    /// Hosts remembered at most (a queue fed by more producers formats the rest each time).
+    const MAX: usize = 8;
+
+    fn text(&mut self, addr: SocketAddr) -> &str {
+        let at = match self.seen.iter().position(|(a, _)| *a == addr) {
+            Some(i) => i,
+            None if self.seen.len() < Self::MAX => {
+                self.seen.push((addr, addr.to_string()));
+                self.seen.len() - 1
+            }
+            None => {
+                self.seen[Self::MAX - 1] = (addr, addr.to_string());
+                Self::MAX - 1
+            }
+        };
+        &self.seen[at].1
+    }
+}
+
+/// Properties carried in a message's own fields, not in its property list.
+fn has_own_field(key: &str) -> bool {
+    matches!(key, "TAGS" | "KEYS" | UNIQ_KEY)
 }
 
 pub(super) fn wire_message(q: QueueMessage) -> WireMessage {
@@ -137,7 +202,7 @@ pub(super) fn wire_message(q: QueueMessage) -> WireMessage {
 fn user_properties(m: &StoredMessage) -> Vec<(String, String)> {
     m.properties
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "TAGS" | "KEYS" | UNIQ_KEY))
+        .filter(|(k, _)| !has_own_field(k))
         .cloned()
         .collect()
 }
