@@ -357,29 +357,36 @@ async fn read_loop(conn: &Rc<Conn>, mut rd: ReadHalf<TcpStream>) -> End {
             _ => 0,
         };
         let at = buf.len();
-        // A large frame is read straight into its place (the zeroes written are bytes the
-        // read fills); anything else through the scratch buffer, so a read costs a copy of
-        // what arrived instead of zeroing a whole chunk of `buf` every time.
-        let direct = missing > READ_CHUNK_BYTES;
-        if direct {
-            buf.resize(at + missing.min(1 << 20), 0);
+        if missing > READ_CHUNK_BYTES {
+            // A large frame is read straight into its place, a mebibyte at a time (a frame
+            // announced and never sent holds no more): each byte is zeroed once, then
+            // overwritten by the reads.
+            let end = at + missing.min(1 << 20);
+            buf.resize(end, 0);
+            let mut filled = at;
+            while filled < end {
+                let outcome = conn.until_closed(rd.read(&mut buf[filled..end])).await;
+                let Some(n) = outcome.map(|r| r.unwrap_or_default()) else {
+                    buf.truncate(filled);
+                    return conn.end.get().unwrap_or(End::Closed);
+                };
+                if n == 0 {
+                    buf.truncate(filled);
+                    return End::Eof;
+                }
+                filled += n;
+                conn.progress();
+            }
+            continue;
         }
-        let into = if direct {
-            &mut buf[at..]
-        } else {
-            &mut scratch[..]
-        };
-        // A read error ends the connection like an end of stream does.
-        let outcome = conn.until_closed(rd.read(into)).await;
+        // Anything else through the scratch buffer: a read costs a copy of what arrived
+        // instead of zeroing a whole chunk of `buf` every time. A read error ends the
+        // connection like an end of stream does.
+        let outcome = conn.until_closed(rd.read(&mut scratch[..])).await;
         let Some(n) = outcome.map(|r| r.unwrap_or_default()) else {
-            buf.truncate(at);
             return conn.end.get().unwrap_or(End::Closed);
         };
-        if direct {
-            buf.truncate(at + n);
-        } else {
-            buf.extend_from_slice(&scratch[..n]);
-        }
+        buf.extend_from_slice(&scratch[..n]);
         if n == 0 {
             return End::Eof;
         }
