@@ -50,6 +50,37 @@ pub struct WaitClosed<'a> {
     slot: Option<usize>,
 }
 
+pin_project_lite::pin_project! {
+    /// `f`'s output, or `None` if the close comes first. A plain struct rather than an async
+    /// block racing two others: a request's task holds `f` once, not three times over (the
+    /// task is moved whole when spawned, so its size is paid per request).
+    pub struct UntilClosed<'a, F> {
+        #[pin]
+        f: F,
+        closed: WaitClosed<'a>,
+    }
+}
+
+impl<'a, F> UntilClosed<'a, F> {
+    pub fn new(closing: &'a Closing, f: F) -> Self {
+        UntilClosed {
+            f,
+            closed: closing.wait(),
+        }
+    }
+}
+
+impl<F: Future> Future for UntilClosed<'_, F> {
+    type Output = Option<F::Output>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(v) = this.f.poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        Pin::new(this.closed).poll(cx).map(|()| None)
+    }
+}
+
 impl Future for WaitClosed<'_> {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {

@@ -37,7 +37,7 @@ use shardmq_protocol::{error_response, Frame, FrameDecoder, Header, Status};
 
 use super::budget::{Answers, Budget};
 use super::clients::ClientChannel;
-use super::closing::{Closing, WaitClosed};
+use super::closing::{Closing, UntilClosed, WaitClosed};
 use super::{handler, Broker};
 
 /// Answers smaller than this are copied into one buffer with their neighbours and written
@@ -169,12 +169,8 @@ impl Conn {
     }
 
     /// Runs `f` unless the connection closes first (`None` then).
-    async fn until_closed<T>(&self, f: impl std::future::Future<Output = T>) -> Option<T> {
-        futures_lite::future::or(async { Some(f.await) }, async {
-            self.wait_closed().await;
-            None
-        })
-        .await
+    fn until_closed<F: std::future::Future>(&self, f: F) -> UntilClosed<'_, F> {
+        UntilClosed::new(&self.closing, f)
     }
 
     /// Queues an answer for the writer: a small one encoded straight into the shared buffer

@@ -76,29 +76,29 @@ pub async fn handle(broker: &Broker, frame: Frame, ctx: &ConnCtx) -> Frame {
             reply
         }
         Request::PullMessage(r) => {
-            let reply = pull::pull(broker, h, r, &ctx.answers).await;
+            let reply = Box::pin(pull::pull(broker, h, r, &ctx.answers)).await;
             broker.metrics.here().pull_latency.record(started.elapsed());
             reply
         }
-        Request::ViewMessageById(r) => view::view_message(broker, h, &r, ctx).await,
+        Request::ViewMessageById(r) => Box::pin(view::view_message(broker, h, &r, ctx)).await,
         Request::QueryConsumerOffset(r) => offsets::query(broker, h, &r),
         Request::UpdateConsumerOffset(r) => offsets::update(broker, h, &r),
-        Request::GetMinOffset(r) => offsets::min(broker, h, &r).await,
-        Request::GetMaxOffset(r) => offsets::max(broker, h, &r).await,
-        Request::SearchOffsetByTime(r) => offsets::search_by_time(broker, h, &r).await,
+        Request::GetMinOffset(r) => Box::pin(offsets::min(broker, h, &r)).await,
+        Request::GetMaxOffset(r) => Box::pin(offsets::max(broker, h, &r)).await,
+        Request::SearchOffsetByTime(r) => Box::pin(offsets::search_by_time(broker, h, &r)).await,
         Request::Heartbeat(r) => membership::heartbeat(broker, h, r, ctx),
         Request::UnregisterClient(r) => membership::unregister(broker, h, &r),
-        Request::ConsumerSendBack(r) => send_back::send_back(broker, h, r).await,
+        Request::ConsumerSendBack(r) => Box::pin(send_back::send_back(broker, h, r)).await,
         Request::GetConsumerList(g) => membership::members(broker, h, &g),
         Request::LockBatchQueue(r) => membership::lock(broker, h, &r),
         Request::UnlockBatchQueue(r) => membership::unlock(broker, h, &r),
         Request::GetConsumerGroups(_) => membership::groups(broker, h),
         Request::CreateTopic(t) => topics::create_topic(broker, h, t),
-        Request::DeleteTopic(t) => topics::delete(broker, h, &t).await,
+        Request::DeleteTopic(t) => Box::pin(topics::delete(broker, h, &t)).await,
         Request::GetAllTopicConfig(_) => topics::all_configs(broker, h),
         Request::GetBrokerStatus(_) => status::broker_status(broker, h),
-        Request::GetScheduleStatus(_) => status::schedule(broker, h).await,
-        Request::GetTopicStats(t) => topics::stats(broker, h, &t).await,
+        Request::GetScheduleStatus(_) => Box::pin(status::schedule(broker, h)).await,
+        Request::GetTopicStats(t) => Box::pin(topics::stats(broker, h, &t)).await,
         other => error_response(
             h,
             Status::RequestCodeNotSupported,

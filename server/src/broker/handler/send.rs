@@ -52,36 +52,44 @@ fn foreign_owner(broker: &Broker, msg: &MessageInput) -> Option<usize> {
     (here != owner).then_some(owner)
 }
 
-/// Runs `put` on the shard that owns the put's queue: here when `foreign` (see
-/// [`foreign_owner`]) is `None`, else handed to that owner whole (one hop there and the answer back) rather than
-/// appended here with a reservation round trip to the owner and a dispatch to it after the
-/// write. Shard-aware clients send each queue's puts to its owner's port, so the hand-over
-/// is the path of the others.
-async fn on_owner<T, F, Fut>(broker: &Broker, foreign: Option<usize>, put: F) -> Result<T, PutError>
+/// Runs `put` on shard `owner`, the one owning the put's queue when it is not the one this
+/// request runs on: the put is handed to the owner whole (one hop there and the answer
+/// back) rather than appended here with a reservation round trip to the owner and a dispatch
+/// to it after the write. Shard-aware clients send each queue's puts to its owner's port,
+/// so the hand-over is the path of the others. Boxed by its callers: the common path (the
+/// owner is here) then keeps every request's task small.
+async fn hand_over<T, F, Fut>(broker: &Broker, owner: usize, put: F) -> Result<T, PutError>
 where
     T: Send + 'static,
     F: FnOnce(Store) -> Fut + Send + 'static,
     Fut: Future<Output = Result<T, PutError>> + 'static,
 {
     let store = broker.store.clone();
-    match foreign {
-        None => put(store).await,
-        Some(owner) => broker
-            .store
-            .spawn_on(owner, move || put(store))
-            .await
-            .unwrap_or(Err(PutError::ShuttingDown)),
-    }
+    broker
+        .store
+        .spawn_on(owner, move || put(store))
+        .await
+        .unwrap_or(Err(PutError::ShuttingDown))
 }
 
-async fn put_on_owner(broker: &Broker, msg: MessageInput) -> Result<PutResult, PutError> {
-    let foreign = foreign_owner(broker, &msg);
-    on_owner(
-        broker,
-        foreign,
-        move |s| async move { s.put_message(msg).await },
-    )
-    .await
+/// The put of `msg`, submitted to the engine before this returns when this shard owns its
+/// queue (the future then holds only the engine's small answer future).
+fn put_on_owner(
+    broker: &Broker,
+    msg: MessageInput,
+) -> impl Future<Output = Result<PutResult, PutError>> + '_ {
+    let put = match foreign_owner(broker, &msg) {
+        None => Ok(broker.store.put_message(msg)),
+        Some(owner) => Err(Box::pin(hand_over(broker, owner, move |s| async move {
+            s.put_message(msg).await
+        }))),
+    };
+    async move {
+        match put {
+            Ok(here) => here.await,
+            Err(there) => there.await,
+        }
+    }
 }
 
 /// [`put_on_owner`] for a batch (one topic and queue).
@@ -89,19 +97,24 @@ async fn put_batch_on_owner(
     broker: &Broker,
     msgs: Vec<MessageInput>,
 ) -> Result<Vec<PutResult>, PutError> {
-    let foreign = msgs.first().and_then(|m| foreign_owner(broker, m));
-    on_owner(broker, foreign, move |s| async move {
-        s.put_messages(msgs).await
-    })
-    .await
+    match msgs.first().and_then(|m| foreign_owner(broker, m)) {
+        None => broker.store.put_messages(msgs).await,
+        Some(owner) => {
+            Box::pin(hand_over(broker, owner, move |s| async move {
+                s.put_messages(msgs).await
+            }))
+            .await
+        }
+    }
 }
 
-pub(super) async fn send(
+/// The message a SendMessage stores, or the frame refusing it.
+fn send_input(
     broker: &Broker,
     h: &Header,
     r: SendMessageRequest,
     peer: SocketAddr,
-) -> Frame {
+) -> Result<MessageInput, Frame> {
     let max = broker.settings.message_max_bytes;
     if let Err(refusal) = check::check_send(
         &r.topic,
@@ -116,9 +129,8 @@ pub(super) async fn send(
             .here()
             .refused
             .fetch_add(1, Ordering::Relaxed);
-        return refused(h, refusal);
+        return Err(refused(h, refusal));
     }
-    let bytes = r.body.len() as u64;
     let entry = BatchEntry {
         unique_id: r.unique_id,
         tags: r.tags,
@@ -128,10 +140,9 @@ pub(super) async fn send(
         properties: r.properties,
         body: r.body,
     };
-    let queue_id = r.queue_id;
     let mut msg = message_input(
         r.topic,
-        queue_id,
+        r.queue_id,
         entry,
         r.sys_flag,
         r.reconsume_times,
@@ -150,31 +161,51 @@ pub(super) async fn send(
             r.deliver_at_ms.to_string(),
         ));
     }
-    let created = !broker.store.topic_exists(&msg.topic);
-    match put_on_owner(broker, msg).await {
-        Ok(res) => {
-            if created {
-                broker.topics_changed();
-            }
-            broker.metrics.here().put(1, bytes);
-            match res.status {
-                PutStatus::PutOk => {
-                    response(h, Status::Success, &send_result(broker, queue_id, &res))
+    Ok(msg)
+}
+
+/// Answers a SendMessage. Everything before the put runs when this is called, as plain
+/// code: the request's task then holds only what crosses the put's await (every send spawns
+/// one and moves it whole, so its size is paid per message).
+pub(super) fn send<'a>(
+    broker: &'a Broker,
+    h: &'a Header,
+    r: SendMessageRequest,
+    peer: SocketAddr,
+) -> impl Future<Output = Frame> + 'a {
+    let prepared = send_input(broker, h, r, peer);
+    async move {
+        let msg = match prepared {
+            Ok(msg) => msg,
+            Err(refusal) => return refusal,
+        };
+        let (queue_id, bytes) = (msg.queue_id, msg.body.len() as u64);
+        let created = !broker.store.topic_exists(&msg.topic);
+        match put_on_owner(broker, msg).await {
+            Ok(res) => {
+                if created {
+                    broker.topics_changed();
                 }
-                PutStatus::FlushDiskTimeout => error_response(
-                    h,
-                    Status::FlushDiskTimeout,
-                    "stored, but no fdatasync covered it within the sync flush timeout",
-                ),
+                broker.metrics.here().put(1, bytes);
+                match res.status {
+                    PutStatus::PutOk => {
+                        response(h, Status::Success, &send_result(broker, queue_id, &res))
+                    }
+                    PutStatus::FlushDiskTimeout => error_response(
+                        h,
+                        Status::FlushDiskTimeout,
+                        "stored, but no fdatasync covered it within the sync flush timeout",
+                    ),
+                }
             }
-        }
-        Err(e) => {
-            broker
-                .metrics
-                .here()
-                .refused
-                .fetch_add(1, Ordering::Relaxed);
-            refused(h, put_refusal(&e))
+            Err(e) => {
+                broker
+                    .metrics
+                    .here()
+                    .refused
+                    .fetch_add(1, Ordering::Relaxed);
+                refused(h, put_refusal(&e))
+            }
         }
     }
 }
