@@ -11,6 +11,7 @@ mod status;
 mod topics;
 mod view;
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -56,55 +57,124 @@ fn refused(h: &Header, r: Refusal) -> Frame {
 }
 
 /// Answers `frame` (a request). Runs on a shard executor.
-pub async fn handle(broker: &Broker, frame: Frame, ctx: &ConnCtx) -> Frame {
+///
+/// The request is decoded and everything that needs no waiting is done when this is
+/// called; the future returned holds only what a request still waits for: a send's answer
+/// from the engine (the path of nearly every request, kept small: each request's task is
+/// moved whole when spawned), or, boxed, a pull, a view or another request that waits.
+pub fn handle<'a>(
+    broker: &'a Broker,
+    frame: Frame,
+    ctx: &'a ConnCtx,
+) -> impl Future<Output = Frame> + 'a {
     let h = frame.header;
-    let req = match Request::from_frame(&frame) {
-        Ok(r) => r,
-        Err(e) => return error_response(&h, e.status(), e.to_string()),
-    };
-    let h = &h;
     let started = Instant::now();
-    match req {
-        Request::SendMessage(r) => {
-            let reply = send::send(broker, h, r, ctx.peer).await;
-            broker.metrics.here().put_latency.record(started.elapsed());
-            reply
+    let work = match Request::from_frame(&frame) {
+        Ok(req) => start(broker, h, req, ctx),
+        Err(e) => Work::Done(error_response(&h, e.status(), e.to_string())),
+    };
+    async move {
+        match work {
+            Work::Done(reply) => reply,
+            Work::Send(put) => {
+                let reply = put.await;
+                broker.metrics.here().put_latency.record(started.elapsed());
+                reply
+            }
+            Work::Pull(pull) => {
+                let reply = pull.await;
+                broker.metrics.here().pull_latency.record(started.elapsed());
+                reply
+            }
+            Work::Other(other) => other.await,
+        }
+    }
+}
+
+/// A request begun: answered already, or what its answer waits for.
+enum Work<'a, S> {
+    Done(Frame),
+    Send(S),
+    Pull(Waiting<'a>),
+    Other(Waiting<'a>),
+}
+
+type Waiting<'a> = std::pin::Pin<Box<dyn Future<Output = Frame> + 'a>>;
+
+/// The table: each request kind to its handler.
+fn start<'a>(
+    broker: &'a Broker,
+    h: Header,
+    req: Request,
+    ctx: &'a ConnCtx,
+) -> Work<'a, impl Future<Output = Frame> + 'a> {
+    let hr = &h;
+    let reply = match req {
+        Request::SendMessage(r) => return Work::Send(send::send(broker, h, r, ctx.peer)),
+        Request::PullMessage(r) => {
+            return Work::Pull(Box::pin(async move {
+                pull::pull(broker, &h, r, &ctx.answers).await
+            }))
         }
         Request::SendBatch(r) => {
-            let reply = send::send_batch(broker, h, r.topic, r.queue_id, r.entries, ctx.peer).await;
-            broker.metrics.here().put_latency.record(started.elapsed());
-            reply
+            let started = Instant::now();
+            return Work::Other(Box::pin(async move {
+                let reply =
+                    send::send_batch(broker, &h, r.topic, r.queue_id, r.entries, ctx.peer).await;
+                broker.metrics.here().put_latency.record(started.elapsed());
+                reply
+            }));
         }
-        Request::PullMessage(r) => {
-            let reply = Box::pin(pull::pull(broker, h, r, &ctx.answers)).await;
-            broker.metrics.here().pull_latency.record(started.elapsed());
-            reply
+        Request::ViewMessageById(r) => {
+            return Work::Other(Box::pin(async move {
+                view::view_message(broker, &h, &r, ctx).await
+            }))
         }
-        Request::ViewMessageById(r) => Box::pin(view::view_message(broker, h, &r, ctx)).await,
-        Request::QueryConsumerOffset(r) => offsets::query(broker, h, &r),
-        Request::UpdateConsumerOffset(r) => offsets::update(broker, h, &r),
-        Request::GetMinOffset(r) => Box::pin(offsets::min(broker, h, &r)).await,
-        Request::GetMaxOffset(r) => Box::pin(offsets::max(broker, h, &r)).await,
-        Request::SearchOffsetByTime(r) => Box::pin(offsets::search_by_time(broker, h, &r)).await,
-        Request::Heartbeat(r) => membership::heartbeat(broker, h, r, ctx),
-        Request::UnregisterClient(r) => membership::unregister(broker, h, &r),
-        Request::ConsumerSendBack(r) => Box::pin(send_back::send_back(broker, h, r)).await,
-        Request::GetConsumerList(g) => membership::members(broker, h, &g),
-        Request::LockBatchQueue(r) => membership::lock(broker, h, &r),
-        Request::UnlockBatchQueue(r) => membership::unlock(broker, h, &r),
-        Request::GetConsumerGroups(_) => membership::groups(broker, h),
-        Request::CreateTopic(t) => topics::create_topic(broker, h, t),
-        Request::DeleteTopic(t) => Box::pin(topics::delete(broker, h, &t)).await,
-        Request::GetAllTopicConfig(_) => topics::all_configs(broker, h),
-        Request::GetBrokerStatus(_) => status::broker_status(broker, h),
-        Request::GetScheduleStatus(_) => Box::pin(status::schedule(broker, h)).await,
-        Request::GetTopicStats(t) => Box::pin(topics::stats(broker, h, &t)).await,
+        Request::GetMinOffset(r) => {
+            return Work::Other(Box::pin(async move { offsets::min(broker, &h, &r).await }))
+        }
+        Request::GetMaxOffset(r) => {
+            return Work::Other(Box::pin(async move { offsets::max(broker, &h, &r).await }))
+        }
+        Request::SearchOffsetByTime(r) => {
+            return Work::Other(Box::pin(async move {
+                offsets::search_by_time(broker, &h, &r).await
+            }))
+        }
+        Request::ConsumerSendBack(r) => {
+            return Work::Other(Box::pin(async move {
+                send_back::send_back(broker, &h, r).await
+            }))
+        }
+        Request::DeleteTopic(t) => {
+            return Work::Other(Box::pin(
+                async move { topics::delete(broker, &h, &t).await },
+            ))
+        }
+        Request::GetScheduleStatus(_) => {
+            return Work::Other(Box::pin(async move { status::schedule(broker, &h).await }))
+        }
+        Request::GetTopicStats(t) => {
+            return Work::Other(Box::pin(async move { topics::stats(broker, &h, &t).await }))
+        }
+        Request::QueryConsumerOffset(r) => offsets::query(broker, hr, &r),
+        Request::UpdateConsumerOffset(r) => offsets::update(broker, hr, &r),
+        Request::Heartbeat(r) => membership::heartbeat(broker, hr, r, ctx),
+        Request::UnregisterClient(r) => membership::unregister(broker, hr, &r),
+        Request::GetConsumerList(g) => membership::members(broker, hr, &g),
+        Request::LockBatchQueue(r) => membership::lock(broker, hr, &r),
+        Request::UnlockBatchQueue(r) => membership::unlock(broker, hr, &r),
+        Request::GetConsumerGroups(_) => membership::groups(broker, hr),
+        Request::CreateTopic(t) => topics::create_topic(broker, hr, t),
+        Request::GetAllTopicConfig(_) => topics::all_configs(broker, hr),
+        Request::GetBrokerStatus(_) => status::broker_status(broker, hr),
         other => error_response(
-            h,
+            hr,
             Status::RequestCodeNotSupported,
             format!("a broker does not serve {}", other.opcode()),
         ),
-    }
+    };
+    Work::Done(reply)
 }
 
 pub(super) async fn queue_range(broker: &Broker, topic: &str, queue_id: u32) -> (u64, u64) {

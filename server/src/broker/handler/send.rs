@@ -164,24 +164,26 @@ fn send_input(
     Ok(msg)
 }
 
-/// Answers a SendMessage. Everything before the put runs when this is called, as plain
-/// code: the request's task then holds only what crosses the put's await (every send spawns
-/// one and moves it whole, so its size is paid per message).
-pub(super) fn send<'a>(
-    broker: &'a Broker,
-    h: &'a Header,
+/// Answers a SendMessage. The checks and the put's submission run when this is called, as
+/// plain code: the request's task then holds only the engine's answer to come (every send
+/// spawns a task and moves it whole, so its size is paid per message).
+pub(super) fn send(
+    broker: &Broker,
+    h: Header,
     r: SendMessageRequest,
     peer: SocketAddr,
-) -> impl Future<Output = Frame> + 'a {
-    let prepared = send_input(broker, h, r, peer);
+) -> impl Future<Output = Frame> + '_ {
+    let submitted = send_input(broker, &h, r, peer).map(|msg| {
+        let created = !broker.store.topic_exists(&msg.topic);
+        let (queue_id, bytes) = (msg.queue_id, msg.body.len() as u64);
+        (put_on_owner(broker, msg), created, queue_id, bytes)
+    });
     async move {
-        let msg = match prepared {
-            Ok(msg) => msg,
+        let (put, created, queue_id, bytes) = match submitted {
+            Ok(s) => s,
             Err(refusal) => return refusal,
         };
-        let (queue_id, bytes) = (msg.queue_id, msg.body.len() as u64);
-        let created = !broker.store.topic_exists(&msg.topic);
-        match put_on_owner(broker, msg).await {
+        match put.await {
             Ok(res) => {
                 if created {
                     broker.topics_changed();
@@ -189,10 +191,10 @@ pub(super) fn send<'a>(
                 broker.metrics.here().put(1, bytes);
                 match res.status {
                     PutStatus::PutOk => {
-                        response(h, Status::Success, &send_result(broker, queue_id, &res))
+                        response(&h, Status::Success, &send_result(broker, queue_id, &res))
                     }
                     PutStatus::FlushDiskTimeout => error_response(
-                        h,
+                        &h,
                         Status::FlushDiskTimeout,
                         "stored, but no fdatasync covered it within the sync flush timeout",
                     ),
@@ -204,7 +206,7 @@ pub(super) fn send<'a>(
                     .here()
                     .refused
                     .fetch_add(1, Ordering::Relaxed);
-                refused(h, put_refusal(&e))
+                refused(&h, put_refusal(&e))
             }
         }
     }
