@@ -2,27 +2,42 @@
 //! `std::net::TcpStream`.
 //!
 //! Any number of requests may be outstanding at once. Writers take turns on one mutex and
-//! write whole frames; one reader thread per connection decodes response frames with the
-//! protocol's [`FrameDecoder`] and completes each pending request by its request id, in
-//! whatever order the peer answers. The reader also expires requests past their deadline
-//! (it wakes at least every [`SWEEP_TICK`]). When a read or write fails, or the peer
-//! closes, the connection is marked broken and every pending request fails with
-//! [`ClientError::Broken`]; a broken connection refuses new requests (callers reconnect,
-//! see [`crate::pool::ConnectionPool`]).
+//! write whole frames. Reading is not per connection: one shared I/O thread per process
+//! (`shardmq-io`, an event loop over every connection's socket, see `reactor.rs`) decodes
+//! response frames with the protocol's [`FrameDecoder`] and completes each pending request by
+//! its request id, in whatever order the peer answers. It also expires requests past their
+//! deadline (every [`SWEEP_TICK`]). When a read or write fails, or the peer closes, the
+//! connection is marked broken and every pending request fails with [`ClientError::Broken`];
+//! a broken connection refuses new requests (callers reconnect, see
+//! [`crate::pool::ConnectionPool`]).
 //!
 //! Nothing here depends on an async runtime: [`Connection::call`] blocks the calling thread,
 //! [`Connection::call_async`] returns a [`ResponseFuture`] that can be waited for or polled
 //! from any executor, and [`Connection::call_with`] hands the answer to a callback.
+//!
+//! # Callbacks run on the shared I/O thread
+//!
+//! `call_with` callbacks, the wakers of polled [`ResponseFuture`]s and the
+//! [`PeerRequestHandler`] run on the one I/O thread that reads every connection of the
+//! process. They must not block: a callback that sleeps, takes a contended lock or waits on a
+//! bounded channel stalls the answers of every connection. One that waits for an answer
+//! ([`Connection::call`], [`ResponseFuture::wait`], a producer's blocking send) would wait for
+//! the very thread it holds: such a wait fails at once with [`ClientError::WaitOnIoThread`]
+//! instead. Hand the work to another thread (an unbounded channel) or send with
+//! [`Connection::call_with`] and go on from its callback. A callback that panics breaks its
+//! own connection.
 
 mod future;
 mod pending;
+mod reactor;
+#[cfg(test)]
+mod tests;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use shardmq_protocol::{Frame, FrameDecoder, Request, FRAME_MAX_DEFAULT};
@@ -30,20 +45,19 @@ use shardmq_protocol::{Frame, FrameDecoder, Request, FRAME_MAX_DEFAULT};
 pub use future::ResponseFuture;
 pub use pending::Callback;
 use pending::PendingTable;
+pub(crate) use reactor::on_io_thread;
 
 use crate::error::ClientError;
 use crate::lock;
 
-/// How often, at most, the reader wakes to expire requests past their deadline: an async
-/// request's timeout fires up to this late.
+/// How often the I/O thread expires requests past their deadline: an async request's timeout
+/// fires up to this late.
 pub const SWEEP_TICK: Duration = Duration::from_millis(100);
 
 /// What a connection does with a request the peer sends it (a broker's consumer group
-/// notification): called on the connection's reader thread, so it must not block.
+/// notification): called on the shared I/O thread, so it must not block (see the module's
+/// docs).
 pub type PeerRequestHandler = Arc<dyn Fn(Frame) + Send + Sync>;
-
-/// Bytes the reader asks the socket for at a time.
-const READ_CHUNK: usize = 64 * 1024;
 
 /// A pipelined connection. Cloning is cheap and shares the connection; the socket closes
 /// when the last clone is dropped (or on [`Connection::close`]).
@@ -61,7 +75,8 @@ struct Inner {
     control: TcpStream,
     next_id: AtomicU64,
     max_frame: u32,
-    reader: Mutex<Option<JoinHandle<()>>>,
+    /// The I/O thread's reading of the socket; dropped (after `Inner::drop`) it stops.
+    _reading: reactor::Registration,
 }
 
 impl Connection {
@@ -107,14 +122,15 @@ impl Connection {
         stream.set_nodelay(true)?;
         stream.set_write_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         let read_half = stream.try_clone()?;
-        read_half.set_read_timeout(Some(SWEEP_TICK))?;
         let control = stream.try_clone()?;
         let table = Arc::new(PendingTable::new(addr.to_string()));
         let decoder = FrameDecoder::new(FRAME_MAX_DEFAULT);
-        let reader_table = Arc::clone(&table);
-        let reader = std::thread::Builder::new()
-            .name(format!("shardmq-conn {addr}"))
-            .spawn(move || read_loop(read_half, &reader_table, decoder, on_request.as_ref()))?;
+        let reading = reactor::register(reactor::Source::new(
+            read_half,
+            Arc::clone(&table),
+            decoder,
+            on_request,
+        ))?;
         Ok(Connection {
             inner: Arc::new(Inner {
                 table,
@@ -123,7 +139,7 @@ impl Connection {
                 control,
                 next_id: AtomicU64::new(1),
                 max_frame: FRAME_MAX_DEFAULT,
-                reader: Mutex::new(Some(reader)),
+                _reading: reading,
             }),
         })
     }
@@ -143,8 +159,13 @@ impl Connection {
         self.inner.table.len()
     }
 
-    /// Sends `request` and blocks until its response arrives, at most `timeout`.
+    /// Sends `request` and blocks until its response arrives, at most `timeout`. On the
+    /// shared I/O thread (in a callback) it fails with [`ClientError::WaitOnIoThread`] and
+    /// sends nothing.
     pub fn call(&self, request: &Request, timeout: Duration) -> Result<Frame, ClientError> {
+        if on_io_thread() {
+            return Err(ClientError::WaitOnIoThread);
+        }
         self.call_async(request, timeout).wait()
     }
 
@@ -162,9 +183,10 @@ impl Connection {
         }
     }
 
-    /// Sends `request` and hands its answer to `done` (exactly once): on the connection's
-    /// reader thread when the response, the timeout or the breakage comes, or on this
-    /// thread before returning when the request cannot be sent. `done` must not block.
+    /// Sends `request` and hands its answer to `done` (exactly once): on the shared I/O
+    /// thread when the response, the timeout or the breakage comes, or on this thread before
+    /// returning when the request cannot be sent. `done` must not block (see the module's
+    /// docs); it may send further requests with `call_with`.
     pub fn call_with(
         &self,
         request: &Request,
@@ -331,15 +353,10 @@ impl Connection {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // May run on the I/O thread (the last handle dropped by a callback): nothing here
+        // waits for it. `_reading` goes next and has the I/O thread drop the socket.
         self.table.break_all("connection dropped");
         let _ = self.control.shutdown(Shutdown::Both);
-        if let Some(h) = lock(&self.reader).take() {
-            // The last handle may go from a callback on the reader thread itself: it ends on
-            // its own once the socket is shut down, and cannot join itself.
-            if h.thread().id() != std::thread::current().id() {
-                let _ = h.join();
-            }
-        }
     }
 }
 
@@ -395,80 +412,4 @@ struct Outbox {
     /// Frames encoded and not yet taken by a writer.
     buf: BytesMut,
     writing: bool,
-}
-
-/// The reader thread: decodes responses and completes their requests until the connection
-/// ends, then fails whatever is still pending.
-fn read_loop(
-    mut stream: TcpStream,
-    table: &PendingTable,
-    decoder: FrameDecoder,
-    on_request: Option<&PeerRequestHandler>,
-) {
-    let reason = match read_frames(&mut stream, table, decoder, on_request) {
-        Ok(()) => "closed by the peer".to_string(),
-        Err(e) => e,
-    };
-    tracing::debug!(addr = table.addr(), %reason, "connection ended");
-    table.break_all(&reason);
-}
-
-/// Returns at end of stream; `Err` holds the reason on a read or framing failure.
-fn read_frames(
-    stream: &mut TcpStream,
-    table: &PendingTable,
-    decoder: FrameDecoder,
-    on_request: Option<&PeerRequestHandler>,
-) -> Result<(), String> {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut scratch = vec![0u8; READ_CHUNK];
-    let mut last_sweep = Instant::now();
-    loop {
-        while let Some(frame) = decoder.decode(&mut buf).map_err(|e| e.to_string())? {
-            if !frame.header.is_response() {
-                if let Some(handle) = on_request {
-                    handle(frame);
-                    continue;
-                }
-                tracing::debug!(
-                    addr = table.addr(),
-                    opcode = frame.header.opcode,
-                    "ignored a request from the peer"
-                );
-                continue;
-            }
-            let id = frame.header.request_id;
-            if !table.complete(id, frame) {
-                tracing::debug!(addr = table.addr(), id, "dropped a response nobody awaits");
-            }
-        }
-        if let Some(reason) = table.broken() {
-            return Err(reason);
-        }
-        if let Some(total) = decoder.needed(&buf).map_err(|e| e.to_string())? {
-            // The decoder checked `total` against the frame limit: safe to reserve.
-            buf.reserve(total.saturating_sub(buf.len()));
-        }
-        let got = stream.read(&mut scratch);
-        if let Ok(n) = got {
-            buf.extend_from_slice(&scratch[..n]);
-        }
-        match got {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(format!("read failed: {e}")),
-        }
-        let now = Instant::now();
-        if now.duration_since(last_sweep) >= SWEEP_TICK {
-            table.expire(now);
-            last_sweep = now;
-        }
-    }
 }

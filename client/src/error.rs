@@ -55,6 +55,14 @@ pub enum ClientError {
     /// The producer or consumer was not started, or was shut down.
     #[error("the client is not running (call start(), or it was shut down)")]
     NotRunning,
+    /// A blocking wait for an answer on the client's shared I/O thread, that is from inside a
+    /// callback or peer-request handler: the answer could only come from the thread that is
+    /// waiting, so the wait is refused instead of deadlocking. Callbacks must not block.
+    #[error(
+        "refused to wait for an answer on the client's I/O thread (inside a callback), \
+         where it would deadlock: callbacks must not block"
+    )]
+    WaitOnIoThread,
 }
 
 impl ClientError {

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::pin::Pin;
 use std::time::Duration;
 
 use common::{cluster_of, dead_addr, route_over, FakeBroker, FakeNamesrv, Mode};
@@ -437,4 +438,71 @@ fn sends_to_a_new_topic_spread_over_its_queues_once_the_broker_registers_it() {
         "most sends should spread: {per_queue:?}"
     );
     assert!(a.state.stored("Fresh", 7).len() as u32 == per_queue[7]);
+}
+
+/// The woken thread's name, and what a blocking send and a batch send there gave.
+type WokenSends = (
+    Option<String>,
+    Result<(), ClientError>,
+    Result<(), ClientError>,
+);
+
+/// Sends with `p` when woken: on the client's I/O thread when it wakes a polled send.
+struct SendOnWake {
+    p: Producer,
+    tx: flume::Sender<WokenSends>,
+}
+
+impl std::task::Wake for SendOnWake {
+    fn wake(self: std::sync::Arc<Self>) {
+        let name = std::thread::current().name().map(String::from);
+        let send = self.p.send(Message::new(TOPIC, "inner")).map(|_| ());
+        let batch = self
+            .p
+            .send_batch(vec![Message::new(TOPIC, "inner batch")])
+            .map(|_| ());
+        let _ = self.tx.send((name, send, batch));
+    }
+}
+
+#[test]
+fn a_blocking_send_on_the_io_thread_is_refused_without_sending() {
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    let (a, b, ns) = cluster();
+    let p = producer(&ns.addr());
+    p.send(Message::new(TOPIC, "warm-up")).unwrap();
+    let (tx, rx) = flume::unbounded();
+    let waker = Waker::from(std::sync::Arc::new(SendOnWake { p: p.clone(), tx }));
+    // A future polled while pending is woken from the I/O thread when its answer comes (an
+    // answer may come before the first poll: try again then).
+    let mut polled_pending = None;
+    for _ in 0..50 {
+        let mut f = p.send_async(Message::new(TOPIC, "outer"));
+        if Pin::new(&mut f)
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+        {
+            polled_pending = Some(f);
+            break;
+        }
+    }
+    let outer = polled_pending.expect("a send still pending when first polled");
+    let (thread, send, batch) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(thread.as_deref(), Some("shardmq-io"));
+    assert!(matches!(send, Err(ClientError::WaitOnIoThread)), "{send:?}");
+    assert!(
+        matches!(batch, Err(ClientError::WaitOnIoThread)),
+        "{batch:?}"
+    );
+    outer.wait().unwrap();
+    let stored: Vec<_> = [&a, &b]
+        .iter()
+        .flat_map(|br| (0..2).flat_map(move |q| br.state.stored(TOPIC, q)))
+        .collect();
+    assert!(
+        stored.iter().all(|m| !m.body.starts_with(b"inner")),
+        "a refused send sent nothing"
+    );
 }

@@ -18,9 +18,10 @@ type Answer = Result<Frame, ClientError>;
 /// The answer to a request sent with [`Connection::call_async`](super::Connection::call_async).
 ///
 /// It resolves once: with the response frame, a timeout, or the connection breaking. `wait`
-/// enforces the request's timeout itself; a polled future relies on the connection's reader,
-/// which expires requests within [`super::SWEEP_TICK`] of their deadline. Dropping it unresolved cancels the request: a late response is
-/// dropped.
+/// enforces the request's timeout itself; a polled future relies on the shared I/O thread,
+/// which expires requests within [`super::SWEEP_TICK`] of their deadline (and wakes the
+/// future's waker from that thread). Dropping it unresolved cancels the request: a late
+/// response is dropped.
 #[must_use = "a response future does nothing unless waited for or polled"]
 pub struct ResponseFuture {
     rx: flume::Receiver<Answer>,
@@ -71,8 +72,13 @@ impl ResponseFuture {
         }
     }
 
-    /// Blocks until the answer arrives, at most the request's timeout.
+    /// Blocks until the answer arrives, at most the request's timeout. On the shared I/O
+    /// thread (in a callback), where the answer could never arrive while this waits, it
+    /// fails at once with [`ClientError::WaitOnIoThread`] and cancels the request.
     pub fn wait(mut self) -> Answer {
+        if super::on_io_thread() {
+            return Err(ClientError::WaitOnIoThread);
+        }
         let answer = match self.rx.recv_deadline(self.deadline) {
             Ok(a) => a,
             Err(flume::RecvTimeoutError::Disconnected) => Err(self.lost()),
@@ -81,7 +87,7 @@ impl ResponseFuture {
                     addr: self.addr.clone(),
                     after: self.timeout,
                 }),
-                // Completed just now (or the reader's sweep got there first): whoever took
+                // Completed just now (or the I/O thread's sweep got there first): whoever took
                 // the entry is handing the answer over.
                 _ => self.rx.recv().unwrap_or_else(|_| Err(self.lost())),
             },

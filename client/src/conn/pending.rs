@@ -1,5 +1,5 @@
 //! The table of requests awaiting a response on one connection, and the connection's broken
-//! flag: the reader thread completes entries by request id, callers cancel theirs on timeout,
+//! flag: the shared I/O thread completes entries by request id, callers cancel theirs on timeout,
 //! and breaking the connection fails every entry at once.
 
 use std::collections::HashMap;
@@ -12,8 +12,8 @@ use crate::error::ClientError;
 use crate::lock;
 
 /// What a pending request's answer is handed to: called exactly once, with the response
-/// frame or the reason there is none. Called on the connection's reader thread (or on the
-/// caller's, when the request never left), so it must not block.
+/// frame or the reason there is none. Called on the shared I/O thread (or on the caller's,
+/// when the request never left), so it must not block.
 pub type Callback = Box<dyn FnOnce(Result<Frame, ClientError>) + Send>;
 
 struct Entry {

@@ -224,7 +224,7 @@ impl PullConsumer {
     }
 
     /// [`PullConsumer::pull_with`] without blocking: `done` gets the answer (exactly once),
-    /// on a connection's reader thread, so it must not block. Only finding the broker's
+    /// on the client's shared I/O thread, so it must not block. Only finding the broker's
     /// address (a route lookup, a connect) happens on this thread.
     pub fn pull_async(
         &self,

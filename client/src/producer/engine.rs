@@ -1,6 +1,6 @@
 //! The send machinery shared by every kind of send: a [`SendJob`] picks a queue, goes out
-//! pipelined on the broker's connection, and its answer (handed over on the connection's
-//! reader thread) records the broker's latency and either completes the job or hands it to
+//! pipelined on the broker's connection, and its answer (handed over on the client's shared
+//! I/O thread) records the broker's latency and either completes the job or hands it to
 //! the retry worker for another try, on another broker where there is one.
 
 use std::sync::Arc;
@@ -179,7 +179,9 @@ fn pick_target(core: &Core, job: &mut SendJob, now: Instant) -> Result<QueueTarg
     })
 }
 
-/// A try's answer (on the connection's reader thread: nothing here blocks).
+/// A try's answer (on the shared I/O thread: nothing here blocks; the fault lock is held
+/// briefly, a retry goes to the retry worker's unbounded queue, the outcome to a channel
+/// that holds it).
 fn on_answer(
     core: &Arc<Core>,
     job: SendJob,

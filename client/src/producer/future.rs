@@ -13,7 +13,7 @@ use super::message::SendReceipt;
 use crate::error::ClientError;
 
 /// How long past a send's deadline `wait` still waits: the send machinery ends every job by
-/// its deadline (plus a reader's sweep), so this only guards against a bug hanging a caller.
+/// its deadline (plus an I/O thread's sweep), so this only guards against a bug hanging a caller.
 const WAIT_GRACE: Duration = Duration::from_secs(5);
 
 /// The outcome of [`Producer::send_async`](super::Producer::send_async): resolves once, with
@@ -46,8 +46,13 @@ impl SendFuture {
         first(self.wait_all())
     }
 
-    /// Like `wait`, with every receipt (batches).
+    /// Like `wait`, with every receipt (batches). On the client's shared I/O thread (in a
+    /// callback), where the outcome could never arrive while this waits, it fails at once
+    /// with [`ClientError::WaitOnIoThread`].
     pub(crate) fn wait_all(self) -> Outcome {
+        if crate::conn::on_io_thread() {
+            return Err(ClientError::WaitOnIoThread);
+        }
         match self.rx.recv_deadline(self.deadline + WAIT_GRACE) {
             Ok(outcome) => outcome,
             Err(flume::RecvTimeoutError::Timeout) => Err(ClientError::Timeout {

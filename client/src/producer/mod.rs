@@ -95,6 +95,15 @@ impl Drop for Core {
     }
 }
 
+/// A blocking send on the shared I/O thread would wait for that very thread: refused before
+/// anything is sent.
+fn refuse_on_io_thread() -> Result<(), ClientError> {
+    if crate::conn::on_io_thread() {
+        return Err(ClientError::WaitOnIoThread);
+    }
+    Ok(())
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -174,8 +183,11 @@ impl Producer {
         lock(&self.core.fault).is_available(broker_name, Instant::now())
     }
 
-    /// Sends `msg` and blocks until it is stored (or every try failed).
+    /// Sends `msg` and blocks until it is stored (or every try failed). Like every blocking
+    /// send, refused with [`ClientError::WaitOnIoThread`] (and nothing sent) on the client's
+    /// shared I/O thread, that is inside a callback or a polled future's waker.
     pub fn send(&self, msg: Message) -> Result<SendReceipt, ClientError> {
+        refuse_on_io_thread()?;
         self.send_async(msg).wait()
     }
 
@@ -213,6 +225,7 @@ impl Producer {
     /// Sends messages of one topic together to one queue; blocks until stored. Receipts come
     /// in the messages' order.
     pub fn send_batch(&self, msgs: Vec<Message>) -> Result<Vec<SendReceipt>, ClientError> {
+        refuse_on_io_thread()?;
         self.check_running()?;
         validate_batch(&msgs, self.core.config.max_message_size)?;
         let born = now_ms();
@@ -250,6 +263,7 @@ impl Producer {
         msg: Message,
         select: impl FnOnce(&[MessageQueue]) -> Option<usize>,
     ) -> Result<SendReceipt, ClientError> {
+        refuse_on_io_thread()?;
         self.check_running()?;
         msg.validate(self.core.config.max_message_size)?;
         let route = self.core.routes.get(&msg.topic)?;

@@ -1,5 +1,5 @@
 //! The retry worker: one thread per running producer that makes the tries after the first,
-//! each at its time (SystemBusy backoff), off the connections' reader threads, where answers
+//! each at its time (SystemBusy backoff), off the client's shared I/O thread, where answers
 //! arrive and where nothing may block.
 
 use std::cmp::Ordering;

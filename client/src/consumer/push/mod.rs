@@ -4,8 +4,8 @@
 //! later retry, and commits its offsets.
 //!
 //! Threads: one driver (`driver.rs`: every queue's state, timers, pull answers — pulls do not
-//! take a thread each), `consume_threads` workers (`workers.rs`), and each broker
-//! connection's reader. See `assign.rs` for rebalancing and hand-over, `consume.rs` for
+//! take a thread each), `consume_threads` workers (`workers.rs`), and the process's shared client I/O
+//! thread, which reads every connection. See `assign.rs` for rebalancing and hand-over, `consume.rs` for
 //! concurrent and orderly consumption.
 //!
 //! ```no_run
@@ -90,7 +90,8 @@ impl PushConsumer {
 
     fn new(cfg: PushConfig, listener: Listener) -> Result<Self, ClientError> {
         let events = flume::unbounded::<Event>();
-        // A broker's notification (on any connection's reader thread) wakes the driver.
+        // A broker's notification (on the shared I/O thread: an unbounded send, no
+        // blocking) wakes the driver.
         let notify = events.0.clone();
         let group = cfg.group.clone();
         let on_request = Arc::new(move |f: Frame| {
