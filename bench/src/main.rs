@@ -17,6 +17,12 @@ mod workloads;
 
 use std::process::ExitCode;
 
+/// The load generator's threads free what another thread allocated (the client's I/O thread
+/// decodes every answer; the producer threads drop them), which glibc's allocator serialises
+/// on one arena's lock; mimalloc frees into the owning thread's heap without one.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 use crate::error::BenchError;
