@@ -271,33 +271,12 @@ impl SegmentFile {
 
     /// Reads `len` bytes at any `pos` with one aligned DMA read around them. Returns fewer
     /// bytes only at the end of the file.
-    ///
-    /// A large read (the read cache's blocks) goes into a buffer the answer then shares, read
-    /// by the shard's blocking-I/O thread with `pread` on a duplicate of the descriptor: the
-    /// ring's reads land in glommio's buffers, which are tied to this thread, so keeping them
-    /// would cost a copy of every byte read (a fifth of a read-back's CPU).
     pub async fn read_bytes(&self, pos: u64, len: usize) -> io::Result<bytes::Bytes> {
         let block = crate::config::BLOCK_BYTES;
         let start = pos - pos % block;
         let end = (pos + len as u64).next_multiple_of(block);
-        let from = (pos - start) as usize;
-        if len >= OWNED_READ_MIN_BYTES {
-            use std::os::fd::{AsRawFd, BorrowedFd};
-            // SAFETY: `self.file` holds the descriptor open for the duration of this borrow.
-            let own = unsafe { BorrowedFd::borrow_raw(self.file.as_raw_fd()) };
-            // A duplicate the read owns: dropping this future mid-read cannot close the
-            // descriptor under it.
-            let fd = rustix::io::fcntl_dupfd_cloexec(own, 0).map_err(io::Error::from)?;
-            let size = (end - start) as usize;
-            let read = glommio::executor()
-                .spawn_blocking(move || AlignedBuf::read_at(&fd, start, size))
-                .await?;
-            let bytes = bytes::Bytes::from_owner(read);
-            let to = (from + len).min(bytes.len());
-            return Ok(bytes.slice(from.min(to)..to));
-        }
         let read = self.read_at_aligned(start, (end - start) as usize).await?;
-        let from = from.min(read.len());
+        let from = ((pos - start) as usize).min(read.len());
         let to = (from + len).min(read.len());
         Ok(bytes::Bytes::copy_from_slice(&read[from..to]))
     }
@@ -341,73 +320,5 @@ impl SegmentFile {
             .deallocate(offset, len)
             .await
             .map_err(|e| io::Error::other(e.to_string()))
-    }
-}
-
-/// Reads at least this long go into a buffer of their own (see `SegmentFile::read_bytes`).
-const OWNED_READ_MIN_BYTES: usize = 64 * 1024;
-
-/// A block-aligned heap buffer a direct read fills, owned by the `Bytes` made of it.
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    /// Bytes read (at most the allocation).
-    len: usize,
-    layout: std::alloc::Layout,
-}
-
-// SAFETY: the buffer is a plain heap allocation owned by this value alone; nothing else
-// points into it, so it may move to and be dropped on any thread.
-unsafe impl Send for AlignedBuf {}
-// SAFETY: shared access is read-only (`as_ref`).
-unsafe impl Sync for AlignedBuf {}
-
-impl AlignedBuf {
-    /// `size` bytes of `fd` from `pos` (both block multiples), fewer at the end of the file.
-    fn read_at(fd: &std::os::fd::OwnedFd, pos: u64, size: usize) -> io::Result<AlignedBuf> {
-        let align = crate::config::BLOCK_BYTES as usize;
-        assert!(size > 0 && size % align == 0 && pos % align as u64 == 0);
-        let layout = std::alloc::Layout::from_size_align(size, align)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        // SAFETY: `layout` has a non-zero size (asserted above).
-        let raw = unsafe { std::alloc::alloc(layout) };
-        let Some(ptr) = std::ptr::NonNull::new(raw) else {
-            std::alloc::handle_alloc_error(layout);
-        };
-        let mut buf = AlignedBuf {
-            ptr,
-            len: 0,
-            layout,
-        };
-        // SAFETY: the allocation is `size` bytes long and owned by `buf`; a read writes
-        // within it and `len` only ever counts bytes the kernel wrote.
-        let space = unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), size) };
-        while buf.len < size {
-            match rustix::io::pread(fd, &mut space[buf.len..], pos + buf.len as u64) {
-                Ok(0) => break,
-                Ok(n) => buf.len += n,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(e) => return Err(e.into()),
-            }
-            // A short direct read ends at the end of the file; reading on from an unaligned
-            // position would be refused.
-            if buf.len % align != 0 {
-                break;
-            }
-        }
-        Ok(buf)
-    }
-}
-
-impl AsRef<[u8]> for AlignedBuf {
-    fn as_ref(&self) -> &[u8] {
-        // SAFETY: the first `len` bytes were written by the read.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-}
-
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `read_at` with this layout, freed once.
-        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
     }
 }
