@@ -50,6 +50,12 @@ pub struct Shared {
     /// Per shard, the oldest minute its wheel has not retired (changed under `progress`'s
     /// lock, whose `minute` is the least of them).
     wheel_minutes: Vec<AtomicI64>,
+    /// Per shard, the due time of the earliest entry its wheel has not delivered
+    /// (`i64::MIN` until it first loaded, `i64::MAX` for none): a wheel puts an entry only
+    /// once no other wheel has an earlier one left, so exact times reach their real queues in
+    /// due order also across slot queues of different shards (a minute's last entries and the
+    /// next minute's first, a backlog after a restart).
+    frontiers: Vec<AtomicI64>,
     /// Dropped to stop the tasks.
     pub stop: flume::Receiver<()>,
 }
@@ -479,15 +485,53 @@ impl Wheel {
         }
     }
 
-    /// Puts everything due by `now`, in due order, one batch per real queue.
-    fn put_due(&mut self, now: i64) {
-        while self.putting_len < PUT_WINDOW && self.ready.front().is_some_and(|(e, _)| e.0 <= now) {
+    /// The due time of the earliest entry this wheel has not delivered yet (loaded, being
+    /// read, read, or being put), `i64::MAX` for none.
+    fn frontier(&self) -> i64 {
+        let pending = self.pending.first().map(|e| e.0);
+        let reading = self.reading.iter().map(|(run, _)| run[0].0).min();
+        let ready = self.ready.front().map(|(e, _)| e.0);
+        let putting = self.putting.iter().map(|(keys, _)| keys[0].0).min();
+        [pending, reading, ready, putting]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Publishes this wheel's frontier to the other shards' wheels.
+    fn publish(&self) {
+        if let Some(f) = self.shared.frontiers.get(self.shard) {
+            f.store(self.frontier(), Ordering::Release);
+        }
+    }
+
+    /// The earliest frontier of the other shards' wheels: what is due after it must wait
+    /// until they delivered what is due before.
+    fn others(&self) -> i64 {
+        self.shared
+            .frontiers
+            .iter()
+            .enumerate()
+            .filter(|&(s, _)| s != self.shard)
+            .map(|(_, f)| f.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+
+    /// Puts everything due by `now` — and not after what another shard's wheel still has to
+    /// deliver —, in due order, one batch per real queue. Returns whether something due
+    /// waits for another shard's wheel.
+    fn put_due(&mut self, now: i64) -> bool {
+        let limit = now.min(self.others());
+        while self.putting_len < PUT_WINDOW && self.ready.front().is_some_and(|(e, _)| e.0 <= limit)
+        {
             let room = (PUT_WINDOW - self.putting_len).min(BATCH_MAX * 8);
             let n = self
                 .ready
                 .iter()
                 .take(room)
-                .take_while(|(e, _)| e.0 <= now)
+                .take_while(|(e, _)| e.0 <= limit)
                 .count();
             let due: Vec<_> = self.ready.drain(..n).collect();
             for (keys, put) in deliver(&self.shared.store, due) {
@@ -496,6 +540,9 @@ impl Wheel {
                 self.putting.push_back((keys, task));
             }
         }
+        self.ready
+            .front()
+            .is_some_and(|(e, _)| e.0 <= now && e.0 > limit)
     }
 
     /// Records the batches that finished, in the order they were put; returns whether one
@@ -623,11 +670,13 @@ pub async fn wheel_task(shared: Arc<Shared>, shard: usize, first_minute: i64) {
         }
         w.read_ahead(now + PREFETCH_MS);
         w.collect_reads().await;
-        w.put_due(now_ms());
-        if w.settle().await {
+        let retry = w.settle().await;
+        w.publish();
+        if retry {
             shared.pause(Duration::from_millis(50)).await;
             continue;
         }
+        let held = w.put_due(now_ms());
         let now = now_ms();
         if w.retire(now, newest) {
             need_load = true;
@@ -660,8 +709,15 @@ pub async fn wheel_task(shared: Arc<Shared>, shard: usize, first_minute: i64) {
         if boundary > now {
             until = until.min(boundary);
         }
-        if w.oldest < now.div_euclid(SLOT_MS) {
-            until = until.min((w.oldest + 1) * SLOT_MS + GRACE_MS);
+        if held {
+            // Another shard's wheel still delivers earlier entries: look again shortly.
+            until = until.min(now + 1);
+        }
+        // The oldest minute's retirement, if it is still to come (one already due waits for
+        // its last deliveries, which wake the wheel).
+        let retire_at = (w.oldest + 1) * SLOT_MS + GRACE_MS;
+        if w.oldest < now.div_euclid(SLOT_MS) && retire_at > now {
+            until = until.min(retire_at);
         }
         if until > now {
             futures_lite::future::or(
@@ -669,6 +725,9 @@ pub async fn wheel_task(shared: Arc<Shared>, shard: usize, first_minute: i64) {
                 w.wake.wait_past(generation),
             )
             .await;
+        } else {
+            // Let the shard's other tasks in between two rounds of work.
+            futures_lite::future::yield_now().await;
         }
         if now_ms() >= reload_at {
             need_load = true;
@@ -776,6 +835,9 @@ pub fn start(store: &Store, plan: Plan) -> Result<Running, crate::error::OpenErr
         progress: Mutex::new(progress),
         wheel_minutes: (0..store.shards())
             .map(|_| AtomicI64::new(first_minute))
+            .collect(),
+        frontiers: (0..store.shards())
+            .map(|_| AtomicI64::new(i64::MIN))
             .collect(),
         stop: stop_rx,
     });
