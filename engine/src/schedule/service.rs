@@ -696,7 +696,7 @@ pub async fn wheel_task(shared: Arc<Shared>, shard: usize, first_minute: i64) {
         let next_put = w
             .ready
             .front()
-            .filter(|_| w.putting_len < PUT_WINDOW)
+            .filter(|_| w.putting_len < PUT_WINDOW && !held)
             .map(|(e, _)| e.0);
         let boundary = (now.div_euclid(SLOT_MS) + 1) * SLOT_MS - 1_000;
         let reload_at = last_load + RELOAD_MS;
