@@ -5,15 +5,20 @@
 //!   copy (pure).
 //! - `progress.rs` — what has been delivered, persisted atomically every
 //!   `schedule.persist_interval_ms` and at shutdown (pure codec, small-file I/O).
-//! - `service.rs` — the tasks: one per level (its queue is in due order: wait for the head,
-//!   deliver, advance) and one wheel task for exact times (the minute slots around now, each
-//!   delivered in due order). Both learn due times from queue entries, never from bodies.
+//! - `service.rs` — the tasks: one per level, on the shard owning the level's queue (its
+//!   queue is in due order: wait for the head, deliver, advance), and one wheel task per
+//!   shard for exact times, over the minute slots around now whose queues that shard owns
+//!   (each delivered in due order; a minute's messages share one slot queue, so one shard's
+//!   wheel delivers them). Every task reads only queues of its own shard, served in place,
+//!   learns due times from queue entries, never from bodies, and puts what falls due
+//!   together as one batch per real queue. The wheels keep due order across shards: none
+//!   puts an entry while another shard's wheel still has an earlier one undelivered.
 //!
 //! After a crash the service starts from the persisted progress: for each level the queue
-//! offset below which everything was delivered, for the wheel each slot's offset and the
-//! current minute's due-time watermark. It rebuilds nothing else and scans nothing pending
-//! beyond the minutes around now. What was delivered after the last persist is delivered
-//! again: duplicates are bounded by the persist interval.
+//! offset below which everything was delivered, for the wheels each slot's offset and
+//! delivered ranges, and the oldest minute some shard's wheel had not retired. It rebuilds
+//! nothing else and scans nothing pending beyond the minutes around now. What was delivered
+//! after the last persist is delivered again: duplicates are bounded by the persist interval.
 
 pub mod plan;
 pub mod progress;

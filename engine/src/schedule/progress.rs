@@ -6,7 +6,8 @@
 //! "done": {queue: [[from, to], ...]}, "minute": m}` — for a level, every entry below its
 //! offset was delivered; for a wheel slot, every entry below its low offset and every entry in
 //! its `done` ranges (half-open, above the low offset: exact times are delivered in due order,
-//! not queue order). `minute` is the oldest minute the wheel had not retired.
+//! not queue order). `minute` is the oldest minute some shard's wheel had not retired (each
+//! shard's wheel retires the minutes whose slots it owns).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
