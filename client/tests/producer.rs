@@ -230,6 +230,60 @@ fn async_sends_retry_too() {
 }
 
 #[test]
+fn callback_sends_are_all_in_flight_retry_and_each_call_back_once() {
+    let (a, b, ns) = cluster();
+    a.state.set_mode(Mode::Fail(Status::ServiceNotAvailable));
+    let p = producer(&ns.addr());
+    let (tx, rx) = flume::unbounded();
+    for i in 0..100 {
+        let tx = tx.clone();
+        p.send_with(Message::new(TOPIC, format!("m{i}")), move |r| {
+            let on_io_thread = std::thread::current().name() == Some("shardmq-io");
+            let _ = tx.send((r, on_io_thread));
+        });
+    }
+    let mut ids = HashSet::new();
+    for _ in 0..100 {
+        let (r, on_io_thread) = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let r = r.unwrap();
+        assert_eq!(
+            r.broker_name, "broker-b",
+            "retried away from the failing broker"
+        );
+        assert!(
+            on_io_thread,
+            "answers are handed over on the shared I/O thread"
+        );
+        assert!(ids.insert(r.unique_id));
+    }
+    assert!(
+        rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "each callback runs once"
+    );
+    assert_eq!(b.state.send_count(), 100);
+}
+
+#[test]
+fn a_callback_send_that_cannot_start_calls_back_at_once_with_the_reason() {
+    let (_a, _b, ns) = cluster();
+    let p = producer(&ns.addr());
+    let (tx, rx) = flume::unbounded();
+    p.send_with(Message::new("bad topic name!", "x"), move |r| {
+        let _ = tx.send(r);
+    });
+    let r = rx
+        .try_recv()
+        .expect("called back before send_with returned");
+    assert!(r.is_err(), "{r:?}");
+    p.shutdown();
+    let (tx, rx) = flume::unbounded();
+    p.send_with(Message::new(TOPIC, "x"), move |r| {
+        let _ = tx.send(r);
+    });
+    assert!(rx.try_recv().expect("called back at once").is_err());
+}
+
+#[test]
 fn a_batch_goes_to_one_queue_in_one_request() {
     let (a, b, ns) = cluster();
     let p = producer(&ns.addr());

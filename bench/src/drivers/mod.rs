@@ -91,11 +91,9 @@ pub enum StartAt {
     Latest,
 }
 
-/// What a sender tells the thread running its producer: a send finished, or (ShardMQ) its
-/// future may have, to be polled by [`Sender::on_event`].
+/// What a sender tells the thread running its producer: a send finished.
 #[derive(Debug)]
 pub enum Event {
-    Woken(u64),
     Done(u64, Result<(), DriverError>),
 }
 
@@ -129,7 +127,6 @@ pub trait Sender: Send {
     fn on_event(&mut self, event: Event) -> Option<(u64, Result<(), DriverError>)> {
         match event {
             Event::Done(token, result) => Some((token, result)),
-            Event::Woken(_) => None,
         }
     }
 }

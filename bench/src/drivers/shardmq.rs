@@ -1,25 +1,21 @@
 //! The ShardMQ driver: `shardmq_client::Producer` and `PullConsumer` against a NameServer
 //! given with `--namesrv`, or against a broker started for the run (`--spawn`).
 //!
-//! A single send is `Producer::send_async`; its `SendFuture` is polled with a waker that
-//! posts the send's token to the producer thread's channel ([`Notify`]), so completions are
-//! seen in the order they happen (no head-of-line wait on the oldest send). A batch is
+//! A single send is `Producer::send_with`, whose callback posts the send's outcome to the
+//! producer thread's channel ([`Notify`]) from the client's I/O thread, so completions are
+//! seen in the order they happen (no head-of-line wait on the oldest send) and a send costs
+//! no future, channel or waker of its own. A batch is
 //! `Producer::send_batch`, which blocks: batches go to `inflight` worker threads per sender
 //! that post their outcome on the same channel.
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::{Map, Value};
 use shardmq_client::consumer::PullOptions;
-use shardmq_client::{Message, MessageQueue, Producer, PullConsumer, PullStatus, SendFuture};
+use shardmq_client::{Message, MessageQueue, Producer, PullConsumer, PullStatus};
 
 use super::spawn::{SpawnOptions, SpawnedBroker};
 use super::{
@@ -108,7 +104,6 @@ impl Target for ShardMq {
         Ok(Box::new(ShardSender {
             producer,
             topics: (0..layout.topics).map(|t| layout.topic(t)).collect(),
-            pending: HashMap::new(),
             notify,
             inflight,
             batches: None,
@@ -154,21 +149,6 @@ impl Target for ShardMq {
 }
 
 /// Posts a send's token when its future is woken.
-struct TokenWaker {
-    token: u64,
-    notify: Notify,
-}
-
-impl Wake for TokenWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.notify.post(Event::Woken(self.token));
-    }
-}
-
 /// The worker threads sending batches.
 struct BatchPool {
     jobs: Option<flume::Sender<(u64, Vec<Message>)>>,
@@ -187,7 +167,6 @@ impl Drop for BatchPool {
 struct ShardSender {
     producer: Producer,
     topics: Vec<String>,
-    pending: HashMap<u64, (SendFuture, Waker)>,
     notify: Notify,
     inflight: usize,
     batches: Option<BatchPool>,
@@ -223,19 +202,6 @@ impl ShardSender {
             .as_ref()
             .ok_or_else(|| DriverError::Admin("batch pool missing".into()))
     }
-
-    /// Polls send `token`; its outcome if ready.
-    fn poll(&mut self, token: u64) -> Option<Result<(), DriverError>> {
-        let (fut, waker) = self.pending.get_mut(&token)?;
-        let mut cx = Context::from_waker(waker);
-        match Pin::new(fut).poll(&mut cx) {
-            Poll::Ready(r) => {
-                self.pending.remove(&token);
-                Some(r.map(|_| ()).map_err(DriverError::from))
-            }
-            Poll::Pending => None,
-        }
-    }
 }
 
 impl Sender for ShardSender {
@@ -243,15 +209,13 @@ impl Sender for ShardSender {
         let name = &self.topics[topic % self.topics.len()];
         if bodies.len() == 1 {
             let body = bodies.into_iter().next().unwrap_or_default();
-            let fut = self.producer.send_async(Message::new(name.clone(), body));
-            let waker = Waker::from(Arc::new(TokenWaker {
-                token,
-                notify: self.notify.clone(),
-            }));
-            self.pending.insert(token, (fut, waker));
-            if let Some(r) = self.poll(token) {
-                self.notify.post(Event::Done(token, r));
-            }
+            // The outcome is posted from the client's I/O thread: no future, channel or
+            // waker per send.
+            let notify = self.notify.clone();
+            self.producer
+                .send_with(Message::new(name.clone(), body), move |r| {
+                    notify.post(Event::Done(token, r.map(|_| ()).map_err(DriverError::from)));
+                });
             return Ok(());
         }
         let msgs = bodies
@@ -262,14 +226,6 @@ impl Sender for ShardSender {
         match &pool.jobs {
             Some(jobs) if jobs.send((token, msgs)).is_ok() => Ok(()),
             _ => Err(DriverError::Admin("the batch senders stopped".into())),
-        }
-    }
-
-    fn on_event(&mut self, event: Event) -> Option<(u64, Result<(), DriverError>)> {
-        match event {
-            Event::Done(token, r) => Some((token, r)),
-            // Spurious wake-ups leave the future pending: it posts again when it is ready.
-            Event::Woken(token) => self.poll(token).map(|r| (token, r)),
         }
     }
 }

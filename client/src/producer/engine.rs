@@ -100,13 +100,24 @@ pub(crate) struct SendJob {
     pub avoid: Option<String>,
     pub refresh_route: bool,
     pub last_err: Option<ClientError>,
-    pub done: flume::Sender<Outcome>,
+    pub done: Done,
+}
+
+/// Where a job's outcome goes: a future's channel, or a caller's callback.
+pub(crate) enum Done {
+    Channel(flume::Sender<Outcome>),
+    Callback(Box<dyn FnOnce(Outcome) + Send>),
 }
 
 impl SendJob {
     pub(crate) fn finish(self, outcome: Outcome) {
-        // The caller may have dropped its future: nobody wants the outcome then.
-        let _ = self.done.send(outcome);
+        match self.done {
+            // The caller may have dropped its future: nobody wants the outcome then.
+            Done::Channel(tx) => {
+                let _ = tx.send(outcome);
+            }
+            Done::Callback(f) => f(outcome),
+        }
     }
 
     fn give_up(self, last: ClientError) {

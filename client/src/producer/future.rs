@@ -71,7 +71,7 @@ fn dropped() -> ClientError {
     }
 }
 
-fn first(outcome: Outcome) -> Result<SendReceipt, ClientError> {
+pub(crate) fn first(outcome: Outcome) -> Result<SendReceipt, ClientError> {
     outcome?
         .into_iter()
         .next()

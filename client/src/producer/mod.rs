@@ -39,7 +39,7 @@ pub use config::{ProducerBuilder, ProducerConfig};
 pub use future::SendFuture;
 pub use message::{validate_batch, validate_topic, Message, SendReceipt, TOPIC_MAX_LEN};
 
-use engine::{attempt, Outcome, Payload, SendJob, Target};
+use engine::{attempt, Done, Outcome, Payload, SendJob, Target};
 use retry::RetryWorker;
 
 use crate::error::ClientError;
@@ -204,6 +204,32 @@ impl Producer {
         }
     }
 
+    /// Sends `msg` like [`Producer::send_async`] and hands the outcome to `done`, exactly
+    /// once, after any retries: on the thread that learns it — the client's shared I/O
+    /// thread for an answer or a timeout, the producer's retry thread for a retry that could
+    /// not be written, this thread when the send cannot start (a stopped producer, an
+    /// invalid message). `done` must not block. The cheapest way to keep many sends in
+    /// flight: no channel or future per send.
+    pub fn send_with(
+        &self,
+        msg: Message,
+        done: impl FnOnce(Result<SendReceipt, ClientError>) + Send + 'static,
+    ) {
+        if let Err(e) = self
+            .check_running()
+            .and_then(|()| msg.validate(self.core.config.max_message_size))
+        {
+            done(Err(e));
+            return;
+        }
+        let payload = Payload::One(msg.to_request(next_unique_id(), now_ms()));
+        let done = Done::Callback(Box::new(move |outcome: Outcome| {
+            done(future::first(outcome));
+        }));
+        let job = self.job_to(msg.topic, payload, Target::RoundRobin, done);
+        attempt(&self.core, job);
+    }
+
     /// Writes `msg` to a queue and returns: no answer, no retry, no latency recorded.
     pub fn send_oneway(&self, msg: Message) -> Result<(), ClientError> {
         self.check_running()?;
@@ -313,10 +339,20 @@ impl Producer {
         msg: &Message,
         target: Target,
     ) -> Result<(SendJob, flume::Receiver<Outcome>), ClientError> {
+        let (done, rx) = flume::bounded(1);
+        Ok((self.one_job_to(msg, target, Done::Channel(done))?, rx))
+    }
+
+    fn one_job_to(
+        &self,
+        msg: &Message,
+        target: Target,
+        done: Done,
+    ) -> Result<SendJob, ClientError> {
         self.check_running()?;
         msg.validate(self.core.config.max_message_size)?;
         let payload = Payload::One(msg.to_request(next_unique_id(), now_ms()));
-        Ok(self.job(msg.topic.clone(), payload, target))
+        Ok(self.job_to(msg.topic.clone(), payload, target, done))
     }
 
     fn job(
@@ -326,7 +362,11 @@ impl Producer {
         target: Target,
     ) -> (SendJob, flume::Receiver<Outcome>) {
         let (done, rx) = flume::bounded(1);
-        let job = SendJob {
+        (self.job_to(topic, payload, target, Done::Channel(done)), rx)
+    }
+
+    fn job_to(&self, topic: String, payload: Payload, target: Target, done: Done) -> SendJob {
+        SendJob {
             topic,
             payload,
             target,
@@ -338,8 +378,7 @@ impl Producer {
             refresh_route: false,
             last_err: None,
             done,
-        };
-        (job, rx)
+        }
     }
 }
 
