@@ -15,9 +15,7 @@ use common::config;
 use shardmq_engine::schedule::plan::{Plan, PROP_DELAY_LEVEL, PROP_DELIVER_AT, SLOT_MS};
 use shardmq_engine::schedule::progress::Progress;
 use shardmq_engine::schedule::ScheduleConfig;
-use shardmq_engine::{
-    FlushMode, GetRequest, GetStatus, MessageInput, Perm, PutStatus, Store, StoreConfig, TagFilter,
-};
+use shardmq_engine::{FlushMode, MessageInput, Perm, PutStatus, Store, StoreConfig};
 
 const ENV_DIR: &str = "SHARDMQ_SCHEDULE_CRASH_DIR";
 const MESSAGES: u64 = 4_000;
@@ -47,26 +45,8 @@ fn now_ms() -> i64 {
 fn delivered(store: &Store) -> HashMap<String, u32> {
     let mut out = HashMap::new();
     for q in 0..2 {
-        let mut offset = 0;
-        loop {
-            let r = futures_lite::future::block_on(store.get_message(GetRequest {
-                group: "check".into(),
-                topic: "real".into(),
-                queue_id: q,
-                offset,
-                max_messages: 1024,
-                max_bytes: 8 << 20,
-                filter: TagFilter::All,
-            }))
-            .unwrap();
-            if r.status != GetStatus::Found {
-                break;
-            }
-            for m in r.messages {
-                *out.entry(String::from_utf8(m.message.body.to_vec()).unwrap())
-                    .or_insert(0) += 1;
-                offset = m.queue_offset + 1;
-            }
+        for body in common::queue_bodies(store, "real", q) {
+            *out.entry(body).or_insert(0) += 1;
         }
     }
     out

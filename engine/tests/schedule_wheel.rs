@@ -20,9 +20,7 @@ use shardmq_engine::schedule::plan::{
 };
 use shardmq_engine::schedule::progress::Progress;
 use shardmq_engine::schedule::ScheduleConfig;
-use shardmq_engine::{
-    FlushMode, GetRequest, GetStatus, MessageInput, Perm, Store, StoreConfig, TagFilter,
-};
+use shardmq_engine::{FlushMode, MessageInput, Perm, Store, StoreConfig};
 
 const LEVELS: &str = "1s";
 const REAL: &str = "real";
@@ -141,30 +139,7 @@ fn lay_down(dir: &Path, per_minute: u64) -> (u64, Plan, i64, HashMap<String, Wai
 /// Every copy in the real topic, per real queue in queue order: bodies.
 fn delivered(store: &Store) -> Vec<Vec<String>> {
     (0..REAL_QUEUES)
-        .map(|q| {
-            let mut out = Vec::new();
-            let mut offset = 0;
-            loop {
-                let r = futures_lite::future::block_on(store.get_message(GetRequest {
-                    group: "check".into(),
-                    topic: REAL.into(),
-                    queue_id: q,
-                    offset,
-                    max_messages: 1024,
-                    max_bytes: 8 << 20,
-                    filter: TagFilter::All,
-                }))
-                .unwrap();
-                if r.status != GetStatus::Found {
-                    break;
-                }
-                for m in r.messages {
-                    out.push(String::from_utf8(m.message.body.to_vec()).unwrap());
-                    offset = m.queue_offset + 1;
-                }
-            }
-            out
-        })
+        .map(|q| common::queue_bodies(store, REAL, q))
         .collect()
 }
 

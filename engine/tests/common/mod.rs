@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use shardmq_engine::{FlushMode, GetRequest, MessageInput, StoreConfig, TagFilter};
+use shardmq_engine::{
+    FlushMode, GetRequest, GetStatus, MessageInput, Store, StoreConfig, TagFilter,
+};
 
 /// A small-footprint config for tests: small segments and chunks, little locked memory (many
 /// stores run at once and share the per-user memlock limit).
@@ -63,5 +65,31 @@ pub fn get_request(topic: &str, queue_id: u32, offset: u64, max: u32, filter: &s
         max_messages: max,
         max_bytes: 1 << 20,
         filter: TagFilter::parse(filter),
+    }
+}
+
+/// Every body stored in `(topic, queue)`, in queue order, as text (read from a thread outside
+/// the store's executors).
+pub fn queue_bodies(store: &Store, topic: &str, queue_id: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let r = futures_lite::future::block_on(store.get_message(GetRequest {
+            group: "check".into(),
+            topic: topic.into(),
+            queue_id,
+            offset,
+            max_messages: 1024,
+            max_bytes: 8 << 20,
+            filter: TagFilter::All,
+        }))
+        .unwrap();
+        if r.status != GetStatus::Found {
+            return out;
+        }
+        for m in r.messages {
+            out.push(String::from_utf8(m.message.body.to_vec()).unwrap());
+            offset = m.queue_offset + 1;
+        }
     }
 }
