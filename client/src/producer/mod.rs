@@ -215,14 +215,10 @@ impl Producer {
         msg: Message,
         done: impl FnOnce(Result<SendReceipt, ClientError>) + Send + 'static,
     ) {
-        if let Err(e) = self
-            .check_running()
-            .and_then(|()| msg.validate(self.core.config.max_message_size))
-        {
-            done(Err(e));
-            return;
-        }
-        let payload = Payload::One(msg.to_request(next_unique_id(), now_ms()));
+        let payload = match self.one_payload(&msg) {
+            Ok(p) => p,
+            Err(e) => return done(Err(e)),
+        };
         let done = Done::Callback(Box::new(move |outcome: Outcome| {
             done(future::first(outcome));
         }));
@@ -339,20 +335,15 @@ impl Producer {
         msg: &Message,
         target: Target,
     ) -> Result<(SendJob, flume::Receiver<Outcome>), ClientError> {
-        let (done, rx) = flume::bounded(1);
-        Ok((self.one_job_to(msg, target, Done::Channel(done))?, rx))
+        let payload = self.one_payload(msg)?;
+        Ok(self.job(msg.topic.clone(), payload, target))
     }
 
-    fn one_job_to(
-        &self,
-        msg: &Message,
-        target: Target,
-        done: Done,
-    ) -> Result<SendJob, ClientError> {
+    /// One message's request, once the producer runs and the message passes its checks.
+    fn one_payload(&self, msg: &Message) -> Result<Payload, ClientError> {
         self.check_running()?;
         msg.validate(self.core.config.max_message_size)?;
-        let payload = Payload::One(msg.to_request(next_unique_id(), now_ms()));
-        Ok(self.job_to(msg.topic.clone(), payload, target, done))
+        Ok(Payload::One(msg.to_request(next_unique_id(), now_ms())))
     }
 
     fn job(
