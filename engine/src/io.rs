@@ -254,6 +254,30 @@ impl SegmentFile {
         }
     }
 
+    /// Writes zeroes ahead of a log's records (`log::zerofill`). Not seen by the fault plan:
+    /// zeroes over never-written blocks change no byte a reader or recovery could see, so a
+    /// simulated crash has nothing of theirs to drop, and counting them would shift the
+    /// plan's numbered faults onto writes that carry no records.
+    pub async fn write_zeroes(&self, buf: Rc<DmaBuffer>, pos: u64) -> io::Result<()> {
+        debug_assert_eq!(pos % self.alignment(), 0, "unaligned zero write");
+        let len = buf.len();
+        match self.file.write_rc_at(buf, pos).await {
+            Ok(n) if n == len => Ok(()),
+            Ok(n) => Err(io::Error::other(format!(
+                "short zero write: {n} of {len} bytes at {pos}"
+            ))),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        }
+    }
+
+    /// `fdatasync` for [`Self::write_zeroes`], outside the fault plan as they are.
+    pub async fn sync_zeroes(&self) -> io::Result<()> {
+        self.file
+            .fdatasync()
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))
+    }
+
     pub async fn fdatasync(&self) -> io::Result<()> {
         let covered = match &self.plan {
             Some(plan) => Some(plan.before_fsync().await?),

@@ -27,6 +27,7 @@ use crate::dispatch::{
 use crate::error::PutError;
 use crate::filter::tag_hash;
 use crate::log::recovery::SealedPolicy;
+use crate::log::zerofill::ZeroAhead;
 use crate::log::{FlushPolicy, Log, LogSpec, NoSpace};
 use crate::meta::{queue_shard, FnvBuild};
 use crate::oneshot;
@@ -202,6 +203,10 @@ pub fn commitlog_spec(id: usize, config: &StoreConfig) -> LogSpec {
         },
         checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
         plan: config.fault_plan.clone(),
+        zero_ahead: config
+            .zero_fill_ahead
+            .unwrap_or(config.flush_mode == FlushMode::Sync)
+            .then(ZeroAhead::default),
         step: Rc::new(record::scan_step),
         sealed: SealedPolicy::Refuse,
     }

@@ -173,6 +173,8 @@ fn spec(id: usize, config: &StoreConfig, cl_ends: Vec<u64>) -> LogSpec {
         },
         checkpoint_interval: Duration::from_millis(config.checkpoint_interval_ms),
         plan: config.fault_plan.clone(),
+        // Nothing waits for this log's fdatasyncs.
+        zero_ahead: None,
         step: Rc::new(move |avail: &Bytes, offset, left, _max| -> Step {
             record::scan_step(avail, offset, left, &cl_ends)
         }),

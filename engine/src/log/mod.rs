@@ -12,6 +12,7 @@ pub mod recovery;
 pub mod segment;
 pub mod tail;
 pub mod writer;
+pub mod zerofill;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
@@ -76,6 +77,8 @@ pub struct LogSpec {
     pub flush: FlushPolicy,
     pub checkpoint_interval: Duration,
     pub plan: Option<Arc<FaultPlan>>,
+    /// Zero-fill this far ahead of the append offset (see `zerofill`); `None`: off.
+    pub zero_ahead: Option<zerofill::ZeroAhead>,
     pub step: StepFn,
     pub sealed: SealedPolicy,
 }
@@ -131,6 +134,8 @@ pub struct Log {
     tasks: RefCell<Vec<glommio::task::JoinHandle<()>>>,
     /// Write tasks submitted and not finished (they are not canceled: I/O is in flight).
     writes_running: Cell<usize>,
+    /// The zero-filler's write in flight, which the writer's writes must not overlap.
+    zero: zerofill::ZeroState,
 }
 
 impl Log {
@@ -210,6 +215,7 @@ impl Log {
             blocking_done: LocalEvent::default(),
             tasks: RefCell::default(),
             writes_running: Cell::new(0),
+            zero: zerofill::ZeroState::default(),
             spec,
         });
         // Recovery made everything up to `end` durable: start the next scan there.
@@ -223,6 +229,9 @@ impl Log {
         log.spawn(writer_loop(log.clone()));
         log.spawn(flush::flusher(log.clone()));
         log.spawn(flush::checkpointer(log.clone()));
+        if let Some(ahead) = log.spec.zero_ahead {
+            log.spawn(zerofill::filler(log.clone(), ahead));
+        }
         Ok((log, recovered.report))
     }
 
@@ -707,6 +716,10 @@ async fn writer_loop(log: Rc<Log>) {
         let Some(file) = segment_or_wait(&log, op.segment_base).await else {
             return;
         };
+        let start = op.segment_base + op.file_pos;
+        log.zero
+            .wait_clear(start, start + op.buf.len() as u64)
+            .await;
         log.writes_running.set(log.writes_running.get() + 1);
         glommio::spawn_local(write_one(log.clone(), file, op)).detach();
     }
