@@ -10,6 +10,7 @@
 //! flushed on its own interval and keeps recovery short.
 
 pub mod cold;
+mod inflight;
 pub mod read;
 pub mod record;
 pub mod retire;

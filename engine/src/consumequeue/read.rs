@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 
+use super::inflight::ReadsInFlight;
 use super::{ConsumeQueues, QueueEntry};
 use crate::error::ReadError;
 use crate::filter::TagFilter;
@@ -84,6 +85,8 @@ pub struct ClReader {
     pub shared: Arc<Vec<Arc<LogShared>>>,
     files: RefCell<HashMap<(usize, u64), Rc<SegmentFile>>>,
     blocks: RefCell<BlockCache>,
+    /// Blocks being read for the cache: a get never reads one another get is reading.
+    reading: ReadsInFlight,
 }
 
 impl ClReader {
@@ -108,6 +111,7 @@ impl ClReader {
                 read_block_bytes(segment_bytes),
                 read_cache_bytes,
             )),
+            reading: ReadsInFlight::default(),
         }
     }
 
@@ -199,18 +203,35 @@ impl ClReader {
                 missing.push((shard, start, (start + block).min(written)));
             }
         }
-        for group in missing.chunks(READS_IN_FLIGHT_MAX) {
+        // Blocks another get is reading already are waited for, not read again.
+        let mut mine = Vec::with_capacity(missing.len());
+        let mut others = Vec::new();
+        for (shard, start, end) in missing {
+            match self.reading.claim((shard, start)) {
+                Ok(claim) => mine.push((shard, start, end, claim)),
+                Err(done) => others.push(done),
+            }
+        }
+        while !mine.is_empty() {
+            let group: Vec<_> = mine.drain(..mine.len().min(READS_IN_FLIGHT_MAX)).collect();
             let reads = group
                 .iter()
-                .map(|&(shard, start, end)| {
+                .map(|&(shard, start, end, _)| {
                     Box::pin(self.read_range(shard, start, (end - start) as usize))
                 })
                 .collect();
-            for (&(shard, start, _), read) in group.iter().zip(JoinAll::new(reads).await) {
+            for ((shard, start, _, claim), read) in group.into_iter().zip(JoinAll::new(reads).await)
+            {
                 if let Ok(bytes) = read {
                     self.blocks.borrow_mut().insert(shard, start, bytes);
                 }
+                // Those waiting for the block find it in the cache (or, if the read failed,
+                // read their records alone below).
+                drop(claim);
             }
+        }
+        for done in others {
+            done.wait().await;
         }
         for i in from_blocks {
             let (shard, offset, size) = wants[i];
